@@ -1,0 +1,31 @@
+"""Environment backends behind one factory: ``make_env(cfg.env, ...) -> VecEnv``."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from marlcli.envs.base import EnvSpec, TimeStep, VecEnv, role_of
+
+__all__ = ["EnvSpec", "TimeStep", "VecEnv", "make_env", "role_of"]
+
+
+def make_env(env_cfg: DictConfig, num_envs: int, seed: int, device: torch.device) -> VecEnv:
+    """Build ``num_envs`` copies of the configured env on ``device``.
+
+    ``env.backend`` picks the implementation: ``native`` (batched torch tensors, see
+    ``marlcli.envs.native``) or ``pettingzoo`` (any ParallelEnv factory, stepped one
+    copy at a time on the CPU).
+    """
+    from marlcli.errors import ConfigError
+
+    backend = env_cfg.get("backend", "pettingzoo")
+    if backend == "native":
+        from marlcli.envs import native
+
+        return native.make(env_cfg, num_envs, seed, device)
+    if backend == "pettingzoo":
+        from marlcli.envs.pettingzoo import PettingZooVecEnv
+
+        return PettingZooVecEnv.from_config(env_cfg, num_envs, seed, device)
+    raise ConfigError(f"unknown env.backend '{backend}': use native or pettingzoo")

@@ -1,0 +1,141 @@
+"""The one environment interface every algorithm sees.
+
+Algorithms never touch PettingZoo dicts: every backend (the PettingZoo adapter, the
+native batched torch envs, the matrix games) steps ``B`` environment copies at once and
+returns fixed-order tensors ``[B, N, ...]``. Agents with different observation or action
+sizes share one tensor: observations are zero-padded to the largest size and the
+missing discrete actions are marked unavailable (as EPyMARL does).
+
+Episodes auto-reset: when ``done[b]`` is true, ``obs[b]`` already belongs to the next
+episode and ``final_obs[b]`` / ``final_state[b]`` hold the last observation of the
+finished one, so learners can bootstrap correctly on truncation (mpe2 episodes end by
+truncation at ``max_cycles``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+def role_of(agent: str) -> str:
+    """Agent group: the name before a trailing ``_<digits>`` (``adversary_0`` -> ``adversary``)."""
+    head, sep, tail = agent.rpartition("_")
+    return head if sep and tail.isdigit() else agent
+
+
+@dataclass
+class EnvSpec:
+    """Static description of a (batched) environment."""
+
+    name: str
+    agents: list[str]
+    obs_dims: list[int]  # true observation size per agent
+    act_dims: list[int]  # number of discrete actions, or continuous action size, per agent
+    discrete: bool
+    state_dim: int
+    episode_limit: int  # longest possible episode (steps)
+    act_low: float = -1.0  # continuous action bounds (ignored when discrete)
+    act_high: float = 1.0
+    # episode statistics the env reports in TimeStep.info: name -> "sum" | "last"
+    stats: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.agents)
+
+    @property
+    def obs_dim(self) -> int:
+        return max(self.obs_dims)
+
+    @property
+    def act_dim(self) -> int:
+        return max(self.act_dims)
+
+    @property
+    def roles(self) -> list[str]:
+        """Distinct agent groups, in first-appearance order."""
+        return list(dict.fromkeys(role_of(a) for a in self.agents))
+
+    @property
+    def role_index(self) -> list[int]:
+        """For each agent, the index of its group in ``roles``."""
+        roles = self.roles
+        return [roles.index(role_of(a)) for a in self.agents]
+
+    def action_mask(self) -> Tensor:
+        """``[N, A]`` bool: the actions (or continuous dims) each agent really has."""
+        mask = torch.zeros(self.n_agents, self.act_dim, dtype=torch.bool)
+        for i, d in enumerate(self.act_dims):
+            mask[i, :d] = True
+        return mask
+
+
+@dataclass
+class TimeStep:
+    """What one ``reset``/``step`` returns for all ``B`` env copies.
+
+    Shapes: B envs, N agents, O = spec.obs_dim, S = spec.state_dim, A = spec.act_dim.
+    """
+
+    obs: Tensor  # [B, N, O] float, zero-padded; already the next episode where done
+    state: Tensor  # [B, S] global state (env.state() or concatenated observations)
+    avail: Tensor  # [B, N, A] bool, available actions (continuous: real action dims)
+    reward: Tensor  # [B, N] float, reward of the step just taken (zeros after reset)
+    terminated: Tensor  # [B, N] bool, agent's episode ended for good: do not bootstrap
+    truncated: Tensor  # [B] bool, episode cut by the time limit: bootstrap from final_obs
+    done: Tensor  # [B] bool, episode over (terminated for all or truncated); auto-reset
+    alive: Tensor  # [B, N] bool, agent acted in the step just taken (early finishers masked)
+    final_obs: Tensor  # [B, N, O] last observation of the finished episode (== obs where not done)
+    final_state: Tensor  # [B, S]
+    info: dict[str, Tensor] = field(default_factory=dict)  # per-step stats, each [B]
+
+
+class VecEnv(Protocol):
+    """B copies of an environment stepped as one."""
+
+    spec: EnvSpec
+    num_envs: int
+    device: torch.device
+
+    def reset(self) -> TimeStep:
+        """Reset every copy (seeded at construction) and return the first observations."""
+        ...
+
+    def step(self, actions: Tensor) -> TimeStep:
+        """Discrete: ``actions`` is ``[B, N]`` long. Continuous: ``[B, N, A]`` float."""
+        ...
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Everything needed to continue exactly (positions, RNG, counters) as tensors."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> TimeStep:
+        """Restore ``state_dict()`` and return the current observations."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def empty_step(
+    spec: EnvSpec, obs: Tensor, state: Tensor, avail: Tensor, info: dict[str, Tensor] | None = None
+) -> TimeStep:
+    """A TimeStep right after reset: zero reward, nothing done, everyone alive."""
+    b, n = obs.shape[:2]
+    dev = obs.device
+    return TimeStep(
+        obs=obs,
+        state=state,
+        avail=avail,
+        reward=torch.zeros(b, n, device=dev, dtype=obs.dtype),
+        terminated=torch.zeros(b, n, device=dev, dtype=torch.bool),
+        truncated=torch.zeros(b, device=dev, dtype=torch.bool),
+        done=torch.zeros(b, device=dev, dtype=torch.bool),
+        alive=torch.ones(b, n, device=dev, dtype=torch.bool),
+        final_obs=obs,
+        final_state=state,
+        info=info or {},
+    )

@@ -88,7 +88,7 @@ class TimeStep:
     terminated: Tensor  # [B, N] bool, agent's episode ended for good: do not bootstrap
     truncated: Tensor  # [B] bool, episode cut by the time limit: bootstrap from final_obs
     done: Tensor  # [B] bool, episode over (terminated for all or truncated); auto-reset
-    alive: Tensor  # [B, N] bool, agent acted in the step just taken (early finishers masked)
+    alive: Tensor  # [B, N] bool, agent is active in ``obs`` and acts next (early finishers: False)
     final_obs: Tensor  # [B, N, O] last observation of the finished episode (== obs where not done)
     final_state: Tensor  # [B, S]
     info: dict[str, Tensor] = field(default_factory=dict)  # per-step stats, each [B]

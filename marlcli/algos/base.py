@@ -1,0 +1,63 @@
+"""The small algorithm interface the trainer and ``marl eval`` rely on.
+
+An algorithm family is one module in ``marlcli/algos/`` exposing::
+
+    CAPS: Capabilities                      # checked against the env before anything runs
+    make(spec, cfg, device) -> Algorithm    # the learner (actor + critics + optimizers)
+    make_actor(spec, cfg) -> Actor          # the decentralized policy alone, for eval
+
+and one yaml in ``conf/algo/`` whose ``family`` key names the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from torch import Tensor, nn
+
+from marlcli.buffers import Rollout
+from marlcli.envs.base import TimeStep
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an algorithm supports; a bad env/algo pair fails at start-up."""
+
+    discrete: bool = True
+    continuous: bool = True
+    on_policy: bool = True
+    cooperative_only: bool = False  # needs one shared team reward (value decomposition)
+
+
+class Actor(Protocol):
+    """Decentralized policy: agent i's action depends on agent i's observation only."""
+
+    def initial_hidden(self, batch: int) -> Tensor | None: ...
+
+    def act(
+        self, obs: Tensor, avail: Tensor, hidden: Tensor | None, deterministic: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``obs [B, N, O]``, ``avail [B, N, A]`` -> actions ``[B, N]`` (or ``[B, N, A]``), hidden."""
+        ...
+
+
+class Algorithm(Protocol):
+    """A learner: exploratory acting during collection and one update per rollout."""
+
+    actor: nn.Module  # implements Actor; saved separately so eval loads no critic
+    rollout_steps: int  # T: env steps per copy collected before each update
+
+    def act(self, ts: TimeStep, hidden: Tensor | None, step: int) -> tuple[Tensor, Tensor | None]:
+        """Exploratory actions for collection (``step`` = env steps so far, for schedules)."""
+        ...
+
+    def update(self, rollout: Rollout, step: int) -> dict[str, float | Tensor]:
+        """Learn from one rollout; returns ``loss/...`` and other metrics (tensors allowed)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the actor: critics, targets, optimizers, normalizers, buffers."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

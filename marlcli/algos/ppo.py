@@ -1,0 +1,185 @@
+"""IPPO / MAPPO: PPO with an independent or a centralized critic.
+
+One implementation, one switch (``critic.type``): MAPPO's critic sees the global state
+(plus a one-hot agent id, so competitive agents get their own values), IPPO's sees only
+the agent's own observation. It carries the details Yu et al. (2022, "The Surprising
+Effectiveness of PPO in Cooperative Multi-Agent Games") found to matter: GAE, value
+normalization, orthogonal init, gradient clipping, several epochs over minibatches and
+an entropy bonus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.distributions import Categorical, Normal
+
+from marlcli.algos.base import Capabilities
+from marlcli.buffers import Rollout
+from marlcli.envs.base import EnvSpec, TimeStep
+from marlcli.nets import AgentMLP, RunningNorm, agent_groups, with_agent_id
+from marlcli.returns import gae
+
+CAPS = Capabilities(discrete=True, continuous=True, on_policy=True)
+
+
+@dataclass
+class Config:
+    """PPO hyperparameters (schema of ``conf/algo/mappo.yaml`` and ``ippo.yaml``)."""
+
+    name: str = "mappo"
+    family: str = "ppo"
+    rollout_steps: int = 25  # T: steps per env copy between updates
+    lr: float = 7e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    epochs: int = 10
+    minibatches: int = 1
+    ent_coef: float = 0.01
+    vf_coef: float = 1.0
+    max_grad_norm: float = 10.0
+    value_norm: bool = True
+    hidden: int = 64
+    layers: int = 2
+    activation: str = "relu"
+    init_log_std: float = -0.5  # continuous actions: initial log std of the Gaussian
+
+
+class PolicyActor(nn.Module):
+    """Categorical (discrete) or diagonal Gaussian (continuous) policy per agent."""
+
+    def __init__(self, spec: EnvSpec, sharing: str, hidden: int, layers: int, activation: str,
+                 init_log_std: float = -0.5) -> None:
+        super().__init__()
+        groups = agent_groups(sharing, spec)
+        self.add_id, self.discrete = sharing == "all", spec.discrete
+        in_dim = spec.obs_dim + (spec.n_agents if self.add_id else 0)
+        self.net = AgentMLP(in_dim, spec.act_dim, groups, hidden, layers, activation, out_gain=0.01)
+        self.register_buffer("groups", torch.tensor(groups), persistent=False)
+        self.register_buffer("act_mask", spec.action_mask().float(), persistent=False)
+        if not spec.discrete:
+            self.log_std = nn.Parameter(torch.full((max(groups) + 1, spec.act_dim), init_log_std))
+
+    def dist(self, obs: Tensor, avail: Tensor) -> Categorical | Normal:
+        out = self.net(with_agent_id(obs) if self.add_id else obs)
+        if self.discrete:
+            return Categorical(logits=out.masked_fill(~avail, -1e9))
+        return Normal(out, self.log_std[self.groups].exp().expand_as(out))
+
+    def initial_hidden(self, batch: int) -> None:
+        return None
+
+    def act(self, obs: Tensor, avail: Tensor, hidden: Tensor | None, deterministic: bool) -> tuple[Tensor, None]:
+        d = self.dist(obs, avail)
+        if deterministic:
+            return (d.probs.argmax(-1) if self.discrete else d.mean), None
+        return d.sample(), None
+
+    def log_prob_entropy(self, obs: Tensor, avail: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-agent log-probability and entropy ``[..., N]`` (padded action dims ignored)."""
+        d = self.dist(obs, avail)
+        if self.discrete:
+            return d.log_prob(actions), d.entropy()
+        return (d.log_prob(actions) * self.act_mask).sum(-1), (d.entropy() * self.act_mask).sum(-1)
+
+
+class ValueCritic(nn.Module):
+    """V per agent: from the global state (centralized) or the own observation (independent)."""
+
+    def __init__(self, spec: EnvSpec, centralized: bool, sharing: str, hidden: int, layers: int,
+                 activation: str) -> None:
+        super().__init__()
+        self.centralized, self.add_id = centralized, centralized or sharing == "all"
+        in_dim = (spec.state_dim if centralized else spec.obs_dim) + (spec.n_agents if self.add_id else 0)
+        self.net = AgentMLP(in_dim, 1, agent_groups(sharing, spec), hidden, layers, activation)
+        self.n = spec.n_agents
+
+    def forward(self, obs: Tensor, state: Tensor) -> Tensor:
+        """``obs [..., N, O]``, ``state [..., S]`` -> values ``[..., N]``."""
+        x = state.unsqueeze(-2).expand(*state.shape[:-1], self.n, state.shape[-1]) if self.centralized else obs
+        return self.net(with_agent_id(x) if self.add_id else x).squeeze(-1)
+
+
+def make_actor(spec: EnvSpec, cfg: DictConfig) -> PolicyActor:
+    a = cfg.algo
+    return PolicyActor(spec, cfg.sharing.mode, a.hidden, a.layers, a.activation, a.init_log_std)
+
+
+def make(spec: EnvSpec, cfg: DictConfig, device: torch.device) -> PPO:
+    return PPO(spec, cfg, device)
+
+
+class PPO:
+    """The learner: clipped-surrogate PPO over T x B rollouts, all agents at once."""
+
+    def __init__(self, spec: EnvSpec, cfg: DictConfig, device: torch.device) -> None:
+        self.cfg, a = cfg.algo, cfg.algo
+        self.rollout_steps = int(a.rollout_steps)
+        self.actor = make_actor(spec, cfg).to(device)
+        self.critic = ValueCritic(spec, cfg.critic.type == "centralized", cfg.sharing.mode, a.hidden,
+                                  a.layers, a.activation).to(device)
+        self.value_norm = RunningNorm().to(device)
+        self.params = list(self.actor.parameters()) + list(self.critic.parameters())
+        self.optim = torch.optim.Adam(self.params, lr=a.lr, eps=1e-5)
+
+    def act(self, ts: TimeStep, hidden: Tensor | None, step: int) -> tuple[Tensor, None]:
+        with torch.no_grad():
+            return self.actor.act(ts.obs, ts.avail, hidden, deterministic=False)
+
+    def _values(self, obs: Tensor, state: Tensor) -> Tensor:
+        v = self.critic(obs, state)
+        return self.value_norm.denormalize(v) if self.cfg.value_norm else v
+
+    def update(self, r: Rollout, step: int) -> dict[str, Any]:
+        a = self.cfg
+        with torch.no_grad():
+            values = self._values(r.obs, r.state)
+            next_values = self._values(r.next_obs, r.next_state)
+            logp_old, _ = self.actor.log_prob_entropy(r.obs, r.avail, r.actions)
+            adv = gae(r.reward, values, next_values, r.terminated, r.done, a.gamma, a.gae_lambda)
+            returns = adv + values
+            mask = r.alive
+            if a.value_norm:
+                self.value_norm.update(returns, mask)
+            adv = (adv - adv[mask].mean()) / (adv[mask].std() + 1e-8)
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, B, ...] -> [T*B, ...]
+        obs, state, avail, actions = flat(r.obs), flat(r.state), flat(r.avail), flat(r.actions)
+        logp_old, adv, returns, maskf = flat(logp_old), flat(adv), flat(returns), flat(mask).float()
+        n = obs.shape[0]
+        stats: dict[str, Tensor] = {}
+        for _ in range(a.epochs):
+            for idx in torch.randperm(n, device=obs.device).chunk(a.minibatches):
+                m = maskf[idx]
+                denom = m.sum().clamp(min=1.0)
+                logp, ent = self.actor.log_prob_entropy(obs[idx], avail[idx], actions[idx])
+                ratio = (logp - logp_old[idx]).exp()
+                surr = torch.min(ratio * adv[idx], ratio.clamp(1 - a.clip, 1 + a.clip) * adv[idx])
+                pg_loss = -(surr * m).sum() / denom
+                entropy = (ent * m).sum() / denom
+                v = self.critic(obs[idx], state[idx])
+                target = self.value_norm.normalize(returns[idx]) if a.value_norm else returns[idx]
+                v_loss = (0.5 * (v - target) ** 2 * m).sum() / denom
+                loss = pg_loss - a.ent_coef * entropy + a.vf_coef * v_loss
+                self.optim.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(self.params, a.max_grad_norm)
+                self.optim.step()
+        with torch.no_grad():
+            approx_kl = (((ratio - 1) - (logp - logp_old[idx])) * m).sum() / denom
+        stats = {"loss/policy": pg_loss.detach(), "loss/value": v_loss.detach(), "loss/entropy": entropy.detach(),
+                 "train/approx_kl": approx_kl, "train/grad_norm": grad_norm.detach()}
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"critic": self.critic.state_dict(), "value_norm": self.value_norm.state_dict(),
+                "optim": self.optim.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.critic.load_state_dict(state["critic"])
+        self.value_norm.load_state_dict(state["value_norm"])
+        self.optim.load_state_dict(state["optim"])

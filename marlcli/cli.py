@@ -1,0 +1,278 @@
+"""``marl train|eval|report``: pick the subcommand, hand the rest to Hydra or a small parser.
+
+Bad input (unknown group option or key, a factory that does not import, a bad env/algo
+pair, a missing or corrupt checkpoint) is reported as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+USAGE = """usage: marl <command> [args]
+
+commands:
+  train [key=value ...] [-m]   train (Hydra app; `marl train --help` lists groups and options)
+  eval PATH [episodes=100] [seed=0] [deterministic=true] [device=cpu]
+                               evaluate checkpoints decentralized; PATH = seed dir, run dir or .pt
+  report PATH... [out=DIR] [--format marl-eval]
+                               tables and learning curves over seeds
+"""
+
+HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
+                          "--config-dir", "-cd", "--info", "--experimental-rerun"}
+
+
+def fail(command: str, message: str) -> int:
+    """One line on stderr, exit code 2."""
+    print(f"marl {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "train":
+        return train_main(rest)
+    if cmd == "eval":
+        return eval_main(rest)
+    if cmd == "report":
+        try:
+            from marlcli.report import report_main
+        except ImportError:
+            return fail("report", "not available in this version")
+        return report_main(rest)
+    return fail(cmd, f"unknown command '{cmd}'; use train, eval or report")
+
+
+# ----------------------------------------------------------------------------- train
+def _split(args: list[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra flags from ``key=value`` overrides."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-"):
+            flags.append(a)
+            if a in HYDRA_FLAGS_WITH_VALUE and i + 1 < len(args):
+                flags.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(a)
+        i += 1
+    return flags, overrides
+
+
+def _combinations(overrides: list[str]) -> list[list[str]]:
+    """Override lists that together try every sweep value once (for up-front validation)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    base: list[str] = []
+    sweeps: list[tuple[int, list[str]]] = []
+    for o in parsed:
+        key = o.input_line.split("=", 1)[0]
+        if o.is_sweep_override():
+            values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            sweeps.append((len(base), values))
+            base.append(values[0])
+        else:
+            base.append(o.input_line)
+    combos = [base]
+    for pos, values in sweeps:
+        for v in values[1:]:
+            combos.append(base[:pos] + [v] + base[pos + 1:])
+    return combos
+
+
+def validate_overrides(overrides: list[str]) -> str | None:
+    """Compose every sweep value and check env/algo compatibility; an error line or None."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from marlcli.config import CONF_DIR
+    from marlcli.errors import MarlError
+    from marlcli.trainer import prepare, validate
+
+    try:
+        combos = _combinations(overrides)
+    except Exception as exc:
+        return f"cannot parse overrides: {str(exc).splitlines()[0]}"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        for combo in combos:
+            try:
+                cfg, _ = prepare(compose("config", overrides=combo))
+                validate(cfg)
+            except MarlError as exc:
+                return str(exc)
+            except Exception as exc:  # Hydra/OmegaConf composition errors
+                return _hydra_message(exc)
+    GlobalHydra.instance().clear()
+    return None
+
+
+def _hydra_message(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    if "Could not find" in text or "Could not load" in text:
+        return f"{text.split('Available options')[0].strip()} (see `marl train --help` for the options)"
+    if "Could not override" in text or "not in struct" in text:
+        return f"{text} (see `marl train --help` for the keys)"
+    return text
+
+
+def train_main(args: list[str]) -> int:
+    import hydra
+    from omegaconf import DictConfig
+
+    from marlcli import config
+    from marlcli.errors import MarlError
+
+    config.register()
+    flags, overrides = _split(args)
+    if not any(o.split("=", 1)[0].lstrip("+~") == "run" for o in overrides):
+        overrides.append(f"run={time.strftime('%Y-%m-%d_%H-%M-%S')}")  # one name shared by a sweep's jobs
+    if not any(f in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for f in flags):
+        err = validate_overrides(overrides)
+        if err:
+            return fail("train", err)
+
+    @hydra.main(version_base=None, config_path=str(config.CONF_DIR), config_name="config")
+    def _task(cfg: DictConfig) -> None:
+        from marlcli.trainer import train
+
+        try:
+            out = train(cfg)
+        except MarlError as exc:
+            sys.exit(fail("train", str(exc)))
+        print(f"results: {out}")
+
+    saved = sys.argv
+    sys.argv = ["marl train", *flags, *overrides]
+    try:
+        _task()
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def _parse_kv(args: list[str], known: dict[str, Any], command: str) -> tuple[list[str], dict[str, Any]]:
+    paths, opts = [], dict(known)
+    for a in args:
+        if "=" in a and not Path(a).exists():
+            k, v = a.split("=", 1)
+            if k not in known:
+                raise ValueError(f"unknown option '{k}'; options: {', '.join(known)}")
+            default = known[k]
+            if isinstance(default, bool):
+                if v.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"{k} must be true or false, got '{v}'")
+                opts[k] = v.lower() in ("true", "1")
+            elif isinstance(default, int):
+                try:
+                    opts[k] = int(v)
+                except ValueError:
+                    raise ValueError(f"{k} must be an integer, got '{v}'") from None
+            else:
+                opts[k] = v
+        else:
+            paths.append(a)
+    return paths, opts
+
+
+def eval_main(args: list[str]) -> int:
+    from marlcli.errors import MarlError
+
+    try:
+        paths, opts = _parse_kv(args, {"episodes": 100, "seed": 0, "deterministic": True, "device": "cpu",
+                                       "envs": 100}, "eval")
+    except ValueError as exc:
+        return fail("eval", str(exc))
+    if len(paths) != 1:
+        return fail("eval", "give exactly one PATH (a seed dir, a run dir or a .pt file)")
+    try:
+        rows = evaluate_path(Path(paths[0]), **opts)
+    except MarlError as exc:
+        return fail("eval", str(exc))
+    print_eval_table(rows)
+    return 0
+
+
+def evaluate_path(path: Path, episodes: int = 100, seed: int = 0, deterministic: bool = True,
+                  device: str = "cpu", envs: int = 100) -> list[dict[str, Any]]:
+    """Evaluate every checkpoint at ``path`` decentralized; writes ``eval.json`` per seed dir."""
+    from marlcli import results
+    from marlcli.algos import load_family
+    from marlcli.errors import CheckpointError
+    from marlcli.evaluate import run_episodes
+    from marlcli.trainer import env_for_eval, resolve_device
+
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; give a seed dir, a run dir or a .pt file")
+    targets = [path] if path.is_file() else results.find_seed_dirs(path)
+    if not targets:
+        raise CheckpointError(f"no checkpoints under {path} (expected seed_*/checkpoints/latest.pt)")
+    dev = resolve_device(device)
+    rows = []
+    for target in targets:
+        payload = results.load_checkpoint(target)
+        cfg = results.checkpoint_config(payload)
+        env = env_for_eval(cfg, min(episodes, envs), seed, dev)
+        actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
+        actor.load_state_dict(payload["actor"])  # the actor only: no critic is loaded
+        actor.eval()
+        res = run_episodes(actor, env, episodes, deterministic)
+        env.close()
+        summary = {k.removeprefix("eval/"): v for k, v in res.summary().items()}
+        row = {"env": str(cfg.env.name), "algo": str(cfg.algo.name), "run": str(cfg.run), "seed": int(cfg.seed),
+               "step": int(payload["step"]), "checkpoint": str(target), "deterministic": deterministic,
+               "eval_seed": seed, **summary}
+        sdir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
+                                                else target.parent)
+        if (sdir / "config.yaml").exists():
+            results.atomic_write_text(sdir / "eval.json", json.dumps(row, indent=2) + "\n")
+        rows.append(row)
+    return rows
+
+
+def print_eval_table(rows: list[dict[str, Any]]) -> None:
+    import math
+
+    from rich.console import Console
+    from rich.table import Table
+
+    agents = [k for k in rows[0] if k.startswith("return/")]
+    roles = [k for k in rows[0] if k.startswith("return_role/")]
+    extra = [k for k in rows[0] if k in ("landmarks_covered", "collisions", "catches")]
+    table = Table(title=f"marl eval: {rows[0]['algo']} on {rows[0]['env']} (decentralized actors)")
+    for col in ["seed", "step", "episodes", "return mean ± 95% CI", *[a.split("/", 1)[1] for a in agents + roles],
+                *extra]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["seed"]), f"{r['step']:,}", f"{r['episodes']:.0f}",
+                      f"{r['return_mean']:.3f} ± {r['return_ci95']:.3f}",
+                      *[f"{r[k]:.3f}" for k in agents + roles + extra])
+    if len(rows) > 1:
+        means = [r["return_mean"] for r in rows]
+        m = sum(means) / len(means)
+        sd = math.sqrt(sum((x - m) ** 2 for x in means) / (len(means) - 1))
+        table.add_row("all", "", f"{sum(r['episodes'] for r in rows):.0f}",
+                      f"{m:.3f} ± {1.96 * sd / math.sqrt(len(means)):.3f}",
+                      *[f"{sum(r[k] for r in rows) / len(rows):.3f}" for k in agents + roles + extra])
+    Console().print(table)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,82 @@
+"""Typed config schemas in Hydra's ConfigStore, the conf/ location, and override checks.
+
+The YAML files in ``conf/`` hold values (one comment per key); the dataclasses here
+give them types, so ``seed=abc`` or a misspelt key fails before anything runs. Each
+algorithm module's ``Config`` dataclass is registered as ``algo/<module>_schema``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+if not CONF_DIR.is_dir():  # installed as a wheel: conf/ ships inside the package
+    CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+@dataclass
+class TrainConfig:
+    total_steps: int = 2_000_000  # env steps (one step of one env copy)
+    eval_interval: int = 200_000  # env steps between evaluations
+    eval_episodes: int = 100  # episodes per evaluation
+    eval_envs: int = 100  # env copies stepped together during evaluation
+    eval_deterministic: bool = True  # greedy / mean actions at evaluation
+    checkpoint_interval: int = 500_000  # env steps between checkpoints
+    keep_checkpoints: int = 0  # keep only the newest k step_<n>.pt (0 = all)
+    log_interval: int = 50_000  # env steps between training log lines
+
+
+@dataclass
+class LoggerConfig:
+    progress: bool = True  # rich progress bar on a terminal
+    wandb: bool = False  # also send metrics to wandb
+    wandb_project: str = "marlcli"
+    wandb_mode: Optional[str] = None  # online | offline; null = $WANDB_MODE, else offline
+
+
+@dataclass
+class CriticConfig:
+    type: str = "centralized"  # centralized (global state) | independent (own observation)
+
+
+@dataclass
+class SharingConfig:
+    mode: str = "all"  # all | none | role
+
+
+@dataclass
+class RootConfig:
+    seed: int = 0
+    device: str = "auto"
+    results_dir: str = "results"
+    run: str = "default"
+    resume: Optional[str] = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
+    env: Any = None
+    algo: Any = None
+
+
+def register() -> None:
+    """Register the root schema and every algorithm family's ``Config``."""
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootConfig)
+    cs.store(group="critic", name="critic_schema", node=CriticConfig)
+    cs.store(group="sharing", name="sharing_schema", node=SharingConfig)
+    import marlcli.algos as algos
+
+    for info in pkgutil.iter_modules(algos.__path__):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"marlcli.algos.{info.name}")
+        schema = getattr(module, "Config", None)
+        if schema is not None:
+            cs.store(group="algo", name=f"{info.name}_schema", node=schema)

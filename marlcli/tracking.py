@@ -1,0 +1,93 @@
+"""Where metrics go besides ``metrics.jsonl``: the terminal (rich), ``train.log``, wandb."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class Tracker:
+    """Progress bar + a short table at each evaluation + plain log file + optional wandb."""
+
+    def __init__(self, cfg: DictConfig, out: Path, resumed: bool = False) -> None:
+        self.console = Console(stderr=True)
+        self.title = f"{cfg.algo.name} on {cfg.env.name} seed {cfg.seed}"
+        self.logger = logging.getLogger(f"marlcli.run.{out}")
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        self._handler = logging.FileHandler(out / "train.log", mode="a" if resumed else "w")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        self.logger.addHandler(self._handler)
+        self.logger.info("%s %s -> %s", "resume" if resumed else "start", self.title, out)
+        self.bar: Progress | None = None
+        if cfg.logger.progress and self.console.is_terminal:
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
+                TextColumn("{task.fields[sps]} steps/s"), TextColumn("return {task.fields[ret]}"),
+                TimeRemainingColumn(), console=self.console,
+            )
+            self.task = self.bar.add_task(self.title, total=int(cfg.train.total_steps), sps="-", ret="-")
+            self.bar.start()
+        self.wandb = _init_wandb(cfg, out) if cfg.logger.wandb else None
+
+    def progress(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """A training log line."""
+        self.logger.info(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
+        if self.bar is not None:
+            self.bar.update(self.task, sps=f"{record.get('time/sps', 0):,.0f}")
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def eval(self, record: dict[str, Any]) -> None:
+        """An evaluation: log it and show a short table."""
+        self.logger.info("eval " + " ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
+        if self.bar is not None:
+            self.bar.update(self.task, ret=f"{record['eval/return_mean']:.2f}")
+        table = Table(title=f"{self.title} - eval at {record['step']:,} steps ({record['time_s']:.0f}s)",
+                      title_justify="left")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_row("return_mean", f"{record['eval/return_mean']:.3f} ± {record['eval/return_ci95']:.3f}")
+        for k, v in record.items():
+            if k.startswith("eval/") and k not in ("eval/return_mean", "eval/return_ci95", "eval/return_std",
+                                                    "eval/episodes") and not k.startswith("eval/return/"):
+                table.add_row(k[5:], f"{v:.3f}")
+        self.console.print(table)
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.logger.removeHandler(self._handler)
+        self._handler.close()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _init_wandb(cfg: DictConfig, out: Path) -> Any:
+    """One wandb run per seed, grouped by env/algo/run; offline unless the user configured it."""
+    import wandb
+
+    mode = cfg.logger.wandb_mode or os.environ.get("WANDB_MODE") or "offline"
+    return wandb.init(
+        project=cfg.logger.wandb_project, mode=mode, dir=str(out), name=f"seed_{cfg.seed}",
+        group=f"{cfg.env.name}/{cfg.algo.name}/{cfg.run}", config=OmegaConf.to_container(cfg, resolve=True),
+        tags=[str(cfg.env.name), str(cfg.algo.name), f"critic={cfg.critic.type}", f"sharing={cfg.sharing.mode}"],
+        reinit=True,
+    )

@@ -1,0 +1,210 @@
+"""The training loop: collect -> update -> log / evaluate / checkpoint, and resume.
+
+``train(cfg)`` is a plain function of the composed config, so tests call it through
+Hydra's ``compose()`` without the CLI. Rollouts stay on the env's device; the loop
+syncs with the host only when it logs, evaluates or checkpoints.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from marlcli import results
+from marlcli.algos import check_compatible, load_family
+from marlcli.algos.base import Algorithm
+from marlcli.buffers import Rollout
+from marlcli.envs import make_env
+from marlcli.envs.base import TimeStep, VecEnv
+from marlcli.errors import ConfigError
+from marlcli.evaluate import run_episodes
+from marlcli.tracking import Tracker
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share episodes with training envs
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is visible; use device=cpu or device=auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+
+
+def seed_everything(seed: int) -> None:
+    """The one seeding function: same seed and config on CPU -> same metrics."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
+    """Apply ``resume``: returns the config to run and the checkpoint to continue from."""
+    resume = cfg.get("resume")
+    if not resume:
+        return cfg, None
+    if resume == "auto":  # multirun: skip finished seeds, continue unfinished ones
+        out = results.seed_dir(cfg)
+        latest = out / "checkpoints" / "latest.pt"
+        return cfg, (results.load_checkpoint(latest) if latest.exists() else None)
+    payload = results.load_checkpoint(Path(str(resume)))
+    saved = results.checkpoint_config(payload)
+    # continue the saved run; a larger train.total_steps extends it, logger settings are today's
+    saved.train.total_steps = max(int(saved.train.total_steps), int(cfg.train.total_steps))
+    saved.logger = cfg.logger
+    saved.resume = None
+    return saved, payload
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail fast on a bad env/algo pair (builds one env copy; runs nothing)."""
+    env = make_env(cfg.env, 1, int(cfg.seed), torch.device("cpu"))
+    try:
+        check_compatible(load_family(cfg.algo), env.spec, cfg)
+    finally:
+        env.close()
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train one seed to ``train.total_steps``; returns its seed dir."""
+    cfg, payload = prepare(cfg)
+    out = results.seed_dir(cfg)
+    if cfg.get("resume") == "auto" and (out / results.DONE_FILE).exists():
+        return out
+    device = resolve_device(str(cfg.device))
+    seed_everything(int(cfg.seed))
+    env = make_env(cfg.env, int(cfg.env.num_envs), int(cfg.seed), device)
+    module = load_family(cfg.algo)
+    check_compatible(module, env.spec, cfg)
+    algo: Algorithm = module.make(env.spec, cfg, device)
+    out.mkdir(parents=True, exist_ok=True)
+    results.write_config(out, cfg)
+
+    t = cfg.train
+    ts = env.reset()
+    hidden = algo.actor.initial_hidden(env.num_envs)
+    counters = {"step": 0, "time_s": 0.0, "log": 0, "eval": -1, "ckpt": 0}
+    track = {"ep_ret": torch.zeros(env.num_envs, env.spec.n_agents, device=device),
+             "ret_sum": torch.zeros(env.spec.n_agents, device=device), "ret_cnt": torch.zeros((), device=device)}
+    if payload is not None:
+        algo.actor.load_state_dict(payload["actor"])
+        algo.load_state_dict(payload["learner"])
+        ts = env.load_state_dict(payload["env"])
+        hidden = payload.get("hidden", hidden)
+        counters.update(payload["counters"])
+        track = {k: v.to(device) for k, v in payload["track"].items()}
+        torch.set_rng_state(payload["rng"]["torch"])
+    writer = results.MetricsWriter(out / "metrics.jsonl", keep_until_step=counters["step"] if payload else None)
+    tracker = Tracker(cfg, out, resumed=payload is not None)
+    start = time.perf_counter() - counters["time_s"]
+
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    def evaluate() -> None:
+        eval_env = make_env(cfg.env, min(int(t.eval_episodes), int(t.eval_envs)), int(cfg.seed) + EVAL_SEED_OFFSET,
+                            device)
+        res = run_episodes(algo.actor, eval_env, int(t.eval_episodes), bool(t.eval_deterministic))
+        eval_env.close()
+        record = {"step": counters["step"], "time_s": round(elapsed(), 3), **res.summary()}
+        writer.write(record)
+        tracker.eval(record)
+        counters["eval"] = counters["step"]
+
+    def checkpoint() -> None:
+        counters["time_s"] = elapsed()
+        payload_out = {
+            "config": OmegaConf.to_yaml(cfg, resolve=True),
+            "algo": str(cfg.algo.name),
+            "actor": algo.actor.state_dict(),
+            "learner": algo.state_dict(),
+            "env": env.state_dict(),
+            "counters": dict(counters),
+            "track": track,
+            "rng": {"torch": torch.get_rng_state()},
+        }
+        if hidden is not None:
+            payload_out["hidden"] = hidden
+        results.save_checkpoint(out / "checkpoints", counters["step"], payload_out, int(t.keep_checkpoints))
+        counters["ckpt"] = counters["step"]
+
+    if counters["eval"] < 0:
+        evaluate()  # step 0: the untrained policy, for learning curves
+    sps_mark = (counters["step"], elapsed())
+    metrics: dict[str, Any] = {}
+    while counters["step"] < int(t.total_steps):
+        steps: list[tuple[TimeStep, torch.Tensor, TimeStep]] = []
+        for _ in range(algo.rollout_steps):
+            actions, hidden = algo.act(ts, hidden, counters["step"])
+            nts = env.step(actions)
+            steps.append((ts, actions, nts))
+            _track_returns(track, nts)
+            if hidden is not None:
+                hidden = hidden * (~nts.done).view(-1, *([1] * (hidden.dim() - 1)))
+            ts = nts
+        rollout = Rollout.from_steps(steps)
+        prev = counters["step"]
+        counters["step"] += rollout.num_steps
+        metrics = algo.update(rollout, counters["step"])
+        step = counters["step"]
+        if _crossed(prev, step, int(t.log_interval)):
+            now = elapsed()
+            sps = (step - sps_mark[0]) / max(now - sps_mark[1], 1e-9)
+            sps_mark = (step, now)
+            record = {"step": step, "time_s": round(now, 3), "time/sps": round(sps, 1), **_train_returns(track),
+                      **{k: float(v) for k, v in metrics.items()}}
+            writer.write(record)
+            tracker.log(record)
+        if _crossed(prev, step, int(t.eval_interval)):
+            evaluate()
+        if _crossed(prev, step, int(t.checkpoint_interval)):
+            checkpoint()
+        tracker.progress(step)
+    if counters["eval"] != counters["step"]:
+        evaluate()
+    if counters["ckpt"] != counters["step"] or not (out / "checkpoints" / "latest.pt").exists():
+        checkpoint()
+    writer.close()
+    tracker.close()
+    env.close()
+    results.atomic_write_text(out / results.DONE_FILE, f"{counters['step']}\n")
+    return out
+
+
+def _crossed(prev: int, now: int, interval: int) -> bool:
+    return interval > 0 and now // interval > prev // interval
+
+
+def _track_returns(track: dict[str, torch.Tensor], ts: TimeStep) -> None:
+    """Accumulate finished-episode returns on the device (no host sync per step)."""
+    track["ep_ret"] += ts.reward
+    d = ts.done[:, None].to(ts.reward.dtype)
+    track["ret_sum"] += (track["ep_ret"] * d).sum(0)
+    track["ret_cnt"] += d.sum()
+    track["ep_ret"] *= 1 - d
+
+
+def _train_returns(track: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean return of the training episodes finished since the last log line (resets)."""
+    cnt = float(track["ret_cnt"])
+    out = {"train/episodes": cnt}
+    if cnt > 0:
+        out["train/return_mean"] = float(track["ret_sum"].mean() / cnt)
+    track["ret_sum"].zero_()
+    track["ret_cnt"].zero_()
+    return out
+
+
+def env_for_eval(cfg: DictConfig, num_envs: int, seed: int, device: torch.device) -> VecEnv:
+    """Evaluation envs for ``marl eval`` (same config, evaluation seed stream)."""
+    return make_env(cfg.env, num_envs, seed + EVAL_SEED_OFFSET, device)

@@ -32,3 +32,50 @@ def gae(
         last = deltas[t] + gamma * lam * cont[t] * last
         adv[t] = last
     return adv
+
+
+def td_lambda(
+    rewards: Tensor, next_values: Tensor, terminated: Tensor, cont: Tensor, gamma: float, lam: float
+) -> Tensor:
+    """TD(λ) targets (λ-returns, Sutton & Barto 12.1) bootstrapped from target-network values.
+
+    rewards, next_values, terminated, cont: ``[T, B, K]`` (K = agents, or 1 for a mixed Q_tot).
+    ``next_values[t]`` is the value of what followed step t (the final observation where the
+    episode was truncated); ``terminated`` cuts it; ``cont[t]`` is 1 where step t+1 belongs
+    to the same episode (0 at its last step and beyond). λ = 0 gives one-step targets.
+    ``G_t = r_t + γ (1 - term_t) ((1 - λ c_t) V_{t+1} + λ c_t G_{t+1})``. Returns ``[T, B, K]``.
+    """
+    nt = (~terminated).to(rewards.dtype)
+    c = cont.to(rewards.dtype)
+    out = torch.empty_like(rewards)
+    g = next_values[-1]
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        g = rewards[t] + gamma * nt[t] * (next_values[t] + lam * c[t] * (g - next_values[t]))
+        out[t] = g
+    return out
+
+
+def nstep_returns(
+    rewards: Tensor, next_values: Tensor, terminated: Tensor, cont: Tensor, gamma: float, n: int
+) -> Tensor:
+    """n-step targets ``sum_{k<n} γ^k r_{t+k} + γ^n V_{t+n}``, cut at the episode's end.
+
+    Same arguments and shapes as ``td_lambda`` (``[T, B, K]``). Where the episode ends
+    within n steps, the sum stops there and bootstraps from the final observation's value
+    (zero if terminated). Returns ``[T, B, K]``.
+    """
+    nt = (~terminated).to(rewards.dtype)
+    c = cont.to(rewards.dtype)
+
+    def shift(x: Tensor, k: int) -> Tensor:
+        return torch.cat([x[k:], torch.zeros_like(x[:k])]) if k else x
+
+    out = torch.zeros_like(rewards)
+    run = torch.ones_like(rewards)  # 1 while steps t..t+k are all in the episode and not terminated
+    for k in range(n):
+        r_k, v_k, nt_k, c_k = shift(rewards, k), shift(next_values, k), shift(nt, k), shift(c, k)
+        out += gamma**k * run * r_k
+        stop = run if k == n - 1 else run * (1 - c_k * nt_k)
+        out += gamma ** (k + 1) * stop * nt_k * v_k
+        run = run * c_k * nt_k
+    return out

@@ -1,0 +1,273 @@
+"""IQL / VDN / QMIX: deep Q-learning with an episode replay buffer and one mixer switch.
+
+``algo.mixer`` picks how per-agent utilities Q_i(o_i, a_i) become the learning target:
+``none`` is independent Q-learning (each agent its own TD target from its own reward),
+``vdn`` sums them (Sunehag et al. 2018), ``qmix`` mixes them monotonically with
+hypernetworks on the global state (Rashid et al. 2018). Acting is always decentralized:
+each agent takes the argmax of its own utility (ε-greedy while collecting).
+
+With a mixer the team reward is the **mean of the agents' rewards** (identical for
+cooperative envs; for competitive envs with per-agent rewards this trains the team as if
+it were cooperative). IQL uses each agent's own reward.
+
+The options that the pymarl2 / EPyMARL studies (Hu et al. 2021, Papoudakis et al. 2021)
+found to matter are config keys: whole-episode replay, linearly annealed ε, target
+networks (hard copy or Polyak), double Q, TD(λ) or n-step targets, Adam, gradient
+clipping, reward standardisation, an MLP or GRU agent, the last action as input. The
+hysteretic option (Matignon et al. 2007) scales negative TD errors by ``neg_td_scale``.
+
+Speed (issue 7): collection acts for all B env copies at once and never syncs with the
+host; each update is ``updates_per_rollout`` large batched gradient steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from marlcli.algos.base import Capabilities
+from marlcli.buffers import EpisodeReplay, Rollout
+from marlcli.envs.base import EnvSpec, TimeStep
+from marlcli.errors import ConfigError
+from marlcli.nets import AgentMLP, RunningNorm, agent_groups, with_agent_id
+from marlcli.nets.mixers import make_mixer
+from marlcli.nets.rnn import AgentRNN
+from marlcli.returns import nstep_returns, td_lambda
+
+CAPS = Capabilities(discrete=True, continuous=False, on_policy=False)
+
+
+@dataclass
+class Config:
+    """Q-learning hyperparameters (schema of ``conf/algo/iql.yaml``, ``vdn.yaml``, ``qmix.yaml``)."""
+
+    name: str = "qmix"
+    family: str = "qlearning"
+    mixer: str = "qmix"  # none (IQL) | vdn | qmix
+    agent: str = "mlp"  # mlp | rnn (GRU, for partial observability)
+    rollout_steps: int = 25  # T: steps per env copy between updates
+    buffer_episodes: int = 5000  # replay capacity in whole episodes
+    batch_episodes: int = 128  # episodes per gradient step
+    updates_per_rollout: int = 4  # gradient steps after each rollout
+    learning_starts: int = 128  # episodes in the buffer before learning starts
+    lr: float = 0.001  # Adam learning rate
+    adam_eps: float = 1e-5
+    gamma: float = 0.99
+    returns: str = "lambda"  # lambda (TD(λ)) | nstep
+    td_lambda: float = 0.6  # λ of TD(λ) targets (0 = one-step)
+    nstep: int = 1  # n of n-step targets (returns=nstep)
+    double_q: bool = True  # choose next actions with the online net, value them with the target
+    target_update_interval: int = 20  # gradient steps between hard target copies (tau=1)
+    tau: float = 1.0  # 1 = hard copy every interval; < 1 = Polyak averaging after every step
+    eps_start: float = 1.0  # ε-greedy: initial exploration
+    eps_end: float = 0.05  # final exploration
+    eps_anneal_steps: int = 500_000  # env steps over which ε falls linearly
+    max_grad_norm: float = 10.0
+    standardise_rewards: bool = False  # divide rewards by their running std
+    last_action: bool = False  # append the agent's previous action (one-hot) to its input
+    optimism: bool = False  # hysteretic Q-learning: scale negative TD errors by neg_td_scale
+    neg_td_scale: float = 0.1  # weight of negative TD errors when optimism=true (β / α)
+    hidden: int = 64  # hidden units per layer (MLP) / GRU size
+    layers: int = 2  # hidden layers of the MLP agent
+    activation: str = "relu"  # relu | tanh | gelu
+    mixer_embed: int = 32  # QMIX mixing-layer width
+    hypernet_hidden: int = 64  # QMIX hypernetwork hidden width
+
+
+class QActor(nn.Module):
+    """Per-agent utilities ``Q_i(o_i [, a_i^{t-1}] [, id], .)`` from an MLP or a GRU.
+
+    The hidden state carried between steps is ``[B, N, H + A]``: the GRU state (if any)
+    followed by the last action one-hot (if used); the trainer zeroes it at episode ends.
+    """
+
+    def __init__(self, spec: EnvSpec, sharing: str, a: Any) -> None:
+        super().__init__()
+        groups = agent_groups(sharing, spec)
+        self.add_id, self.rnn, self.last_action = sharing == "all", a.agent == "rnn", bool(a.last_action)
+        if a.agent not in ("mlp", "rnn"):
+            raise ConfigError(f"unknown algo.agent '{a.agent}': use mlp or rnn")
+        self.n_act = spec.act_dim
+        in_dim = spec.obs_dim + (spec.act_dim if self.last_action else 0) + (spec.n_agents if self.add_id else 0)
+        self.h = int(a.hidden) if self.rnn else 0
+        self.net = (AgentRNN(in_dim, spec.act_dim, groups, a.hidden) if self.rnn
+                    else AgentMLP(in_dim, spec.act_dim, groups, a.hidden, a.layers, a.activation))
+        self.n = spec.n_agents
+
+    def initial_hidden(self, batch: int) -> Tensor | None:
+        width = self.h + (self.n_act if self.last_action else 0)
+        dev = next(self.parameters()).device
+        return torch.zeros(batch, self.n, width, device=dev) if width else None
+
+    def _input(self, obs: Tensor, last: Tensor | None) -> Tensor:
+        x = torch.cat([obs, last], -1) if last is not None else obs
+        return with_agent_id(x) if self.add_id else x
+
+    def q(self, obs: Tensor, hidden: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One step: ``obs [B, N, O]`` -> utilities ``[B, N, A]`` and the GRU state (or None)."""
+        last = hidden[..., self.h:] if self.last_action and hidden is not None else None
+        x = self._input(obs, last)
+        if self.rnn:
+            return self.net(x, hidden[..., : self.h])
+        return self.net(x), None
+
+    def q_sequence(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """Whole episodes from their start: ``obs [E, L+1, N, O]``, ``actions [E, L+1, N]`` -> ``[E, L+1, N, A]``."""
+        last = None
+        if self.last_action:
+            last = F.one_hot(actions, self.n_act).to(obs.dtype).roll(1, dims=1)
+            last[:, 0] = 0.0
+        x = self._input(obs, last)
+        if not self.rnn:
+            return self.net(x)
+        h = obs.new_zeros(*obs.shape[:1], self.n, self.h)
+        out = []
+        for t in range(obs.shape[1]):
+            q, h = self.net(x[:, t], h)
+            out.append(q)
+        return torch.stack(out, 1)
+
+    def act(self, obs: Tensor, avail: Tensor, hidden: Tensor | None, deterministic: bool,
+            epsilon: float = 0.0) -> tuple[Tensor, Tensor | None]:
+        """Greedy (or ε-greedy) actions ``[B, N]`` among the available ones; next hidden."""
+        q, h = self.q(obs, hidden)
+        actions = q.masked_fill(~avail, float("-inf")).argmax(-1)
+        if not deterministic and epsilon > 0:
+            random = (torch.rand(avail.shape, device=obs.device) * avail).argmax(-1)
+            explore = torch.rand(actions.shape, device=obs.device) < epsilon
+            actions = torch.where(explore, random, actions)
+        parts = [p for p in (h, F.one_hot(actions, self.n_act).to(obs.dtype) if self.last_action else None)
+                 if p is not None]
+        return actions, (torch.cat(parts, -1) if parts else None)
+
+
+def make_actor(spec: EnvSpec, cfg: DictConfig) -> QActor:
+    return QActor(spec, cfg.sharing.mode, cfg.algo)
+
+
+def make(spec: EnvSpec, cfg: DictConfig, device: torch.device) -> QLearner:
+    return QLearner(spec, cfg, device)
+
+
+class QLearner:
+    """The learner: ε-greedy collection into episode replay, then TD updates on Q_i or Q_tot."""
+
+    def __init__(self, spec: EnvSpec, cfg: DictConfig, device: torch.device) -> None:
+        self.cfg = a = cfg.algo
+        if a.returns not in ("lambda", "nstep"):
+            raise ConfigError(f"unknown algo.returns '{a.returns}': use lambda or nstep")
+        self.rollout_steps, self.spec = int(a.rollout_steps), spec
+        self.actor = make_actor(spec, cfg).to(device)
+        self.mixer = make_mixer(a.mixer, spec.n_agents, spec.state_dim, a.mixer_embed, a.hypernet_hidden)
+        self.mixer = self.mixer.to(device) if self.mixer is not None else None
+        self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
+        self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False) if self.mixer is not None else None
+        self.params = list(self.actor.parameters()) + (list(self.mixer.parameters()) if self.mixer else [])
+        self.optim = torch.optim.Adam(self.params, lr=a.lr, eps=a.adam_eps)
+        self.reward_norm = RunningNorm(beta=0.999).to(device)
+        self.replay = EpisodeReplay(a.buffer_episodes, int(cfg.env.num_envs), spec.episode_limit, spec.n_agents,
+                                    spec.obs_dim, spec.state_dim, spec.act_dim, device)
+        self.updates = 0
+
+    def epsilon(self, step: int) -> float:
+        a = self.cfg
+        frac = min(1.0, step / max(1, a.eps_anneal_steps))
+        return a.eps_start + frac * (a.eps_end - a.eps_start)
+
+    def act(self, ts: TimeStep, hidden: Tensor | None, step: int) -> tuple[Tensor, Tensor | None]:
+        with torch.no_grad():
+            return self.actor.act(ts.obs, ts.avail, hidden, deterministic=False, epsilon=self.epsilon(step))
+
+    def update(self, rollout: Rollout, step: int) -> dict[str, Any]:
+        a = self.cfg
+        if a.standardise_rewards:
+            self.reward_norm.update(rollout.reward)
+        self.replay.add(rollout)
+        metrics: dict[str, Any] = {"train/epsilon": self.epsilon(step), "train/buffer_episodes": self.replay.size}
+        if self.replay.size < max(1, a.learning_starts):
+            return metrics
+        for _ in range(a.updates_per_rollout):
+            metrics.update(self.learn(self.replay.sample(a.batch_episodes)))
+        return metrics
+
+    def td_targets(self, b: dict[str, Tensor], q_next: Tensor, reward: Tensor, terminated: Tensor) -> Tensor:
+        """Targets ``[E, L, K]`` from next values, rewards and terminations ``[E, L, K]``."""
+        a = self.cfg
+        cont = b["filled"][:, 1:, None].expand_as(reward)
+        tm = [x.transpose(0, 1) for x in (reward, q_next, terminated, cont)]  # time-major [L, E, K]
+        g = (td_lambda(*tm, a.gamma, a.td_lambda) if a.returns == "lambda"
+             else nstep_returns(*tm, a.gamma, a.nstep))
+        return g.transpose(0, 1)
+
+    def learn(self, b: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One gradient step on a batch of episodes ``{field: [E, L+1, ...]}``."""
+        a = self.cfg
+        q = self.actor.q_sequence(b["obs"], b["actions"])  # [E, L+1, N, A]
+        chosen = q[:, :-1].gather(-1, b["actions"][:, :-1, :, None]).squeeze(-1)  # [E, L, N]
+        with torch.no_grad():
+            tq = self.target_actor.q_sequence(b["obs"], b["actions"])[:, 1:]
+            next_avail = b["avail"][:, 1:]
+            pick = q[:, 1:] if a.double_q else tq
+            best = pick.detach().masked_fill(~next_avail, float("-inf")).argmax(-1, keepdim=True)
+            q_next = tq.gather(-1, best).squeeze(-1) * b["alive"][:, 1:]  # [E, L, N]
+            q_next = q_next.masked_fill(~next_avail.any(-1), 0.0)
+        reward = b["reward"][:, :-1]
+        if a.standardise_rewards:
+            reward = reward / self.reward_norm._stats()[1].sqrt()
+        terminated, mask = b["terminated"][:, :-1], b["filled"][:, :-1, None]
+        chosen = chosen * b["alive"][:, :-1]
+        if self.mixer is not None:  # team value: mean reward, episode ends when every agent has
+            chosen = self.mixer(chosen, b["state"][:, :-1])
+            with torch.no_grad():
+                q_next = self.target_mixer(q_next, b["state"][:, 1:])
+            reward, terminated = reward.mean(-1, keepdim=True), terminated.all(-1, keepdim=True)
+        else:  # independent learners: one loss term per agent, masked where it did not act
+            mask = mask & b["alive"][:, :-1]
+        target = self.td_targets(b, q_next, reward, terminated)
+        delta = target - chosen  # TD error [E, L, K]
+        weight = mask.to(delta.dtype)
+        if a.optimism:
+            weight = weight * torch.where(delta < 0, a.neg_td_scale, 1.0)
+        loss = (weight * delta**2).sum() / mask.sum().clamp(min=1)
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.params, a.max_grad_norm)
+        self.optim.step()
+        self.updates += 1
+        self._update_targets()
+        m = mask.to(delta.dtype)
+        return {"loss/td": loss.detach(), "train/grad_norm": grad_norm.detach(),
+                "train/q_taken": (chosen.detach() * m).sum() / m.sum().clamp(min=1)}
+
+    @torch.no_grad()
+    def _update_targets(self) -> None:
+        a = self.cfg
+        pairs = [(self.target_actor, self.actor)] + ([(self.target_mixer, self.mixer)] if self.mixer else [])
+        for target, online in pairs:
+            if a.tau < 1.0:
+                torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), a.tau)
+            elif self.updates % max(1, a.target_update_interval) == 0:
+                target.load_state_dict(online.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mixer": self.mixer.state_dict() if self.mixer else {},
+                "target_actor": self.target_actor.state_dict(),
+                "target_mixer": self.target_mixer.state_dict() if self.target_mixer else {},
+                "optim": self.optim.state_dict(), "reward_norm": self.reward_norm.state_dict(),
+                "replay": self.replay.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.mixer is not None:
+            self.mixer.load_state_dict(state["mixer"])
+            self.target_mixer.load_state_dict(state["target_mixer"])
+        self.target_actor.load_state_dict(state["target_actor"])
+        self.optim.load_state_dict(state["optim"])
+        self.reward_norm.load_state_dict(state["reward_norm"])
+        self.replay.load_state_dict(state["replay"])
+        self.updates = int(state["updates"])

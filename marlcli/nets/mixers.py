@@ -1,0 +1,58 @@
+"""Value-decomposition mixers: per-agent utilities ``[..., N]`` -> joint value ``[..., 1]``.
+
+VDN (Sunehag et al. 2018) sums the utilities. QMIX (Rashid et al. 2018) mixes them with
+a two-layer network whose weights come from hypernetworks on the global state, made
+non-negative by ``abs``: Q_tot is monotonic in every utility, so the argmax of Q_tot is
+each agent's own argmax and decentralized greedy execution is consistent.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class VDNMixer(nn.Module):
+    """``Q_tot = sum_i Q_i`` (the state is ignored)."""
+
+    def forward(self, q: Tensor, state: Tensor) -> Tensor:
+        return q.sum(-1, keepdim=True)
+
+
+class QMixer(nn.Module):
+    """Monotonic mixer: ``Q_tot = w2 . elu(w1 . q + b1) + b2`` with ``w1, w2 >= 0`` from the state."""
+
+    def __init__(self, n_agents: int, state_dim: int, embed: int = 32, hyper_hidden: int = 64) -> None:
+        super().__init__()
+        self.n, self.embed = n_agents, embed
+        self.hyper_w1 = nn.Sequential(nn.Linear(state_dim, hyper_hidden), nn.ReLU(),
+                                      nn.Linear(hyper_hidden, n_agents * embed))
+        self.hyper_b1 = nn.Linear(state_dim, embed)
+        self.hyper_w2 = nn.Sequential(nn.Linear(state_dim, hyper_hidden), nn.ReLU(), nn.Linear(hyper_hidden, embed))
+        self.hyper_b2 = nn.Sequential(nn.Linear(state_dim, embed), nn.ReLU(), nn.Linear(embed, 1))
+
+    def weights(self, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Non-negative mixing weights ``w1 [..., N, E]``, ``w2 [..., E, 1]``."""
+        w1 = self.hyper_w1(state).abs().view(*state.shape[:-1], self.n, self.embed)
+        w2 = self.hyper_w2(state).abs().view(*state.shape[:-1], self.embed, 1)
+        return w1, w2
+
+    def forward(self, q: Tensor, state: Tensor) -> Tensor:
+        """``q [..., N]``, ``state [..., S]`` -> ``[..., 1]``."""
+        w1, w2 = self.weights(state)
+        h = F.elu(torch.matmul(q.unsqueeze(-2), w1) + self.hyper_b1(state).unsqueeze(-2))  # [..., 1, E]
+        return torch.matmul(h, w2).squeeze(-1) + self.hyper_b2(state)
+
+
+def make_mixer(kind: str, n_agents: int, state_dim: int, embed: int = 32, hyper_hidden: int = 64) -> nn.Module | None:
+    """``none`` (independent learners) -> None, ``vdn`` or ``qmix``."""
+    from marlcli.errors import ConfigError
+
+    if kind == "none":
+        return None
+    if kind == "vdn":
+        return VDNMixer()
+    if kind == "qmix":
+        return QMixer(n_agents, state_dim, embed, hyper_hidden)
+    raise ConfigError(f"unknown algo.mixer '{kind}': use none, vdn or qmix")

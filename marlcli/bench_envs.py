@@ -1,0 +1,77 @@
+"""Env throughput: native batched spread vs mpe2's ParallelEnv, with random actions.
+
+An env-step is one step of one env copy (all agents). ``env_throughput()`` returns
+``{"env_steps_per_s": {"spread": {"native": {B: ...}, "mpe2": ...}},
+"per_agent_count": {"native_us_per_env_step": {N: ...}, "mpe2_us_per_env_step": {N: ...}}}``.
+Action sampling is outside the timed loop for native (pre-drawn) but inside for mpe2,
+as a Python user of mpe2 would pay it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from marlcli.envs import native
+
+
+def _native_steps_per_s(n: int, b: int, seconds: float, device: torch.device) -> float:
+    env = native.make(OmegaConf.create({"name": "spread", "N": n, "max_cycles": 25}), b, 0, device)
+    env.reset()
+    acts = torch.randint(0, 5, (8, b, n), device=device)
+    env.step(acts[0])  # warm-up
+    steps, start = 0, time.perf_counter()
+    while True:
+        for k in range(8):
+            env.step(acts[k])
+        steps += 8
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return steps * b / elapsed
+
+
+def _mpe2_steps_per_s(n: int, seconds: float) -> float:
+    from mpe2 import simple_spread_v3
+
+    env = simple_spread_v3.parallel_env(N=n, max_cycles=25)
+    env.reset(seed=0)
+    steps, start = 0, time.perf_counter()
+    while True:
+        if not env.agents:
+            env.reset()
+        env.step({a: env.action_space(a).sample() for a in env.agents})
+        steps += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return steps / elapsed
+
+
+def env_throughput(
+    b_values: tuple[int, ...] = (1, 64, 1024, 4096, 16384),
+    n_values: tuple[int, ...] = (3, 10, 30, 100),
+    seconds: float = 1.5,
+    device: str = "cpu",
+    per_agent_b: int = 256,
+) -> dict[str, Any]:
+    """Measure spread env-steps/s vs B (N=3) and µs per env-step vs N (B=per_agent_b copies)."""
+    dev = torch.device(device)
+    by_b = {str(b): _native_steps_per_s(3, b, seconds, dev) for b in b_values}
+    native_us = {str(n): 1e6 / _native_steps_per_s(n, per_agent_b, seconds, dev)
+                 for n in n_values}
+    mpe2_us = {str(n): 1e6 / _mpe2_steps_per_s(n, seconds) for n in n_values}
+    return {
+        "env_steps_per_s": {"spread": {"native": by_b, "mpe2": 1e6 / mpe2_us[str(n_values[0])]}},
+        "per_agent_count": {"native_us_per_env_step": native_us, "mpe2_us_per_env_step": mpe2_us,
+                            "native_b": per_agent_b},
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(env_throughput(), indent=2))

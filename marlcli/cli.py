@@ -10,7 +10,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 USAGE = """usage: marl <command> [args]
 
@@ -128,39 +131,68 @@ def _hydra_message(exc: Exception) -> str:
 
 def train_main(args: list[str]) -> int:
     import hydra
-    from omegaconf import DictConfig
 
-    from marlcli import config
-    from marlcli.errors import MarlError
+    from marlcli import config, sweep
 
     config.register()
     flags, overrides = _split(args)
+    info = any(f in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for f in flags)
+    multirun = not info and any(f in ("-m", "--multirun") for f in flags)
     if not any(o.split("=", 1)[0].lstrip("+~") == "run" for o in overrides):
-        overrides.append(f"run={time.strftime('%Y-%m-%d_%H-%M-%S')}")  # one name shared by a sweep's jobs
-    if not any(f in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for f in flags):
+        # resume=auto continues the newest run of this env/algo (an interrupted sweep), see issue 6
+        auto = "resume=auto" in overrides and sweep.latest_run(overrides)
+        if auto:
+            print(f"marl train: resume=auto: continuing run '{auto}'", file=sys.stderr)
+        overrides.append(f"run={auto or time.strftime('%Y-%m-%d_%H-%M-%S')}")  # one name shared by a sweep
+    if not info:
         err = validate_overrides(overrides)
         if err:
             return fail("train", err)
+    plan = sweep.plan(overrides) if multirun else None
+    if plan is not None:
+        at_once = f"{plan.n_jobs} at a time" if plan.n_jobs else plan.launcher
+        print(f"marl train: sweep of {plan.expected} jobs ({at_once}); status in {plan.sweep_dir}", file=sys.stderr)
 
-    @hydra.main(version_base=None, config_path=str(config.CONF_DIR), config_name="config")
-    def _task(cfg: DictConfig) -> None:
-        from marlcli.trainer import train
-
-        try:
-            out = train(cfg)
-        except MarlError as exc:
-            sys.exit(fail("train", str(exc)))
-        print(f"results: {out}")
-
+    _task = hydra.main(version_base=None, config_path=str(config.CONF_DIR), config_name="config")(hydra_task)
     saved = sys.argv
     sys.argv = ["marl train", *flags, *overrides]
+    launcher_error = None
     try:
         _task()
     except SystemExit as exc:
-        return int(exc.code or 0) if isinstance(exc.code, int) else 1
+        if plan is None:
+            return int(exc.code or 0) if isinstance(exc.code, int) else 1
+        launcher_error = f"exit {exc.code}"
+    except Exception as exc:  # a launcher that died (e.g. a joblib worker killed): summarize what ran
+        if plan is None:
+            raise
+        launcher_error = " ".join(str(exc).split())[:200] or type(exc).__name__
     finally:
         sys.argv = saved
-    return 0
+    return sweep.summarize(plan, launcher_error) if plan is not None else 0
+
+
+def hydra_task(cfg: DictConfig) -> Any:
+    """The Hydra task: one single run (MarlError -> one line, exit 2) or one sweep job.
+
+    Module level, so launchers pickle it by reference (submitit ships it to Slurm nodes).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from marlcli.errors import MarlError
+    from marlcli.trainer import train
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        from marlcli.sweep import run_job
+
+        return run_job(cfg)  # never raises; the parent prints the summary
+    try:
+        out = train(cfg)
+    except MarlError as exc:
+        sys.exit(fail("train", str(exc)))
+    print(f"results: {out}")
+    return None
 
 
 # ----------------------------------------------------------------------------- eval

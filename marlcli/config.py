@@ -41,6 +41,12 @@ class LoggerConfig:
 
 
 @dataclass
+class LauncherConfig:
+    jobs_per_gpu: int = 1  # local multirun: parallel jobs per visible GPU (no GPU: one per core)
+    isolate: bool = True  # each sweep job in its own process: a crash or kill fails only that job
+
+
+@dataclass
 class CriticConfig:
     type: str = "centralized"  # centralized (global state) | independent (own observation)
 
@@ -59,6 +65,7 @@ class RootConfig:
     resume: Optional[str] = None
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
     env: Any = None
@@ -67,6 +74,9 @@ class RootConfig:
 
 def register() -> None:
     """Register the root schema and every algorithm family's ``Config``."""
+    from marlcli import sweep
+
+    sweep.register_resolvers()  # ${marl_parallel_jobs:...} in conf/hydra/launcher/local.yaml
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=RootConfig)
     cs.store(group="critic", name="critic_schema", node=CriticConfig)

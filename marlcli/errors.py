@@ -11,3 +11,7 @@ class ConfigError(MarlError):
 
 class CheckpointError(MarlError):
     """A missing, truncated or foreign checkpoint file."""
+
+
+class TrainingError(MarlError):
+    """A run that cannot go on, e.g. a NaN loss (training diverged)."""

@@ -7,6 +7,8 @@ syncs with the host only when it logs, evaluates or checkpoints.
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import time
 from pathlib import Path
@@ -22,17 +24,25 @@ from marlcli.algos.base import Algorithm
 from marlcli.buffers import Rollout
 from marlcli.envs import make_env
 from marlcli.envs.base import TimeStep, VecEnv
-from marlcli.errors import ConfigError
+from marlcli.errors import ConfigError, TrainingError
 from marlcli.evaluate import run_episodes
 from marlcli.tracking import Tracker
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share episodes with training envs
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+def resolve_device(name: str, job_num: int | None = None, gpus: int | None = None) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``.
+
+    In a sweep (``job_num`` given; ``$MARL_JOB_NUM`` when called from ``train``) job k is
+    pinned to GPU ``k % gpus`` round-robin, so parallel jobs spread over the visible GPUs
+    (issue 6). ``gpus`` defaults to ``torch.cuda.device_count()``.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        n = torch.cuda.device_count() if gpus is None else gpus
+        if n <= 0:
+            return torch.device("cpu")
+        return torch.device("cuda" if job_num is None else f"cuda:{job_num % n}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but no CUDA GPU is visible; use device=cpu or device=auto")
     try:
@@ -81,7 +91,8 @@ def train(cfg: DictConfig) -> Path:
     out = results.seed_dir(cfg)
     if cfg.get("resume") == "auto" and (out / results.DONE_FILE).exists():
         return out
-    device = resolve_device(str(cfg.device))
+    job = os.environ.get("MARL_JOB_NUM")  # set by marlcli.sweep for multirun jobs
+    device = resolve_device(str(cfg.device), job_num=int(job) if job else None)
     seed_everything(int(cfg.seed))
     env = make_env(cfg.env, int(cfg.env.num_envs), int(cfg.seed), device)
     module = load_family(cfg.algo)
@@ -165,6 +176,7 @@ def train(cfg: DictConfig) -> Path:
                       **{k: float(v) for k, v in metrics.items()}}
             writer.write(record)
             tracker.log(record)
+            check_finite(record)
         if _crossed(prev, step, int(t.eval_interval)):
             evaluate()
         if _crossed(prev, step, int(t.checkpoint_interval)):
@@ -179,6 +191,17 @@ def train(cfg: DictConfig) -> Path:
     env.close()
     results.atomic_write_text(out / results.DONE_FILE, f"{counters['step']}\n")
     return out
+
+
+def check_finite(record: dict[str, Any]) -> None:
+    """Stop a diverged run: a NaN/inf ``loss/...`` in a log line raises ``TrainingError``.
+
+    Checked at log lines only, so the loop does not sync with the device every update.
+    """
+    bad = [k for k, v in record.items() if k.startswith("loss/") and not math.isfinite(float(v))]
+    if bad:
+        raise TrainingError(f"{', '.join(bad)} is {record[bad[0]]} at step {record['step']:,}: training diverged "
+                            "(try a lower algo.lr or check the env rewards)")
 
 
 def _crossed(prev: int, now: int, interval: int) -> bool:

@@ -1,0 +1,287 @@
+"""Multirun sweeps (issue 6): parallel jobs, one GPU or a share of the cores each, failure
+isolation, a status record per job, and the end-of-sweep summary.
+
+Flow of ``marl train -m seed=0,1,2,3``::
+
+    cli.train_main --plan()--> sweep dir, jobs at once, expected jobs (stale status cleared)
+        hydra launcher (local = joblib, or slurm = submitit) -> run_job(cfg) per job
+            run_job writes <sweep dir>/<job num>/status.json, runs train(cfg) in a child
+            process (launcher.isolate) so an exception, NaN loss or kill fails only that job
+        --summarize()--> rich table of finished / resumed / skipped / failed, exit code
+
+Hydra >= 1.2 does not hand the launcher's ``JobReturn`` list back to the caller of a
+``@hydra.main`` function, so the summary is built from the per-job status files; they also
+survive a launcher that dies with a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+STATUS_FILE = "status.json"
+JOB_CONFIG = "job_config.yaml"
+JOB_ERROR = "error.txt"
+FAILED = "failed"
+
+
+# ----------------------------------------------------------------------------- resources
+def available_cores() -> int:
+    """CPU cores this process may use (respects taskset / cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def parallel_jobs(jobs_per_gpu: int, gpus: int | None = None, cores: int | None = None) -> int:
+    """Jobs at once: ``gpus x jobs_per_gpu``, or the number of cores with no GPU (at least 1)."""
+    gpus = visible_gpus() if gpus is None else gpus
+    cores = available_cores() if cores is None else cores
+    return max(1, gpus * int(jobs_per_gpu) if gpus > 0 else cores)
+
+
+def threads_per_job(n_jobs: int, cores: int | None = None) -> int:
+    """Torch threads per job so ``n_jobs`` jobs do not oversubscribe the cores: cores // jobs, >= 1."""
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // max(1, int(n_jobs)))
+
+
+def register_resolvers() -> None:
+    """``${marl_parallel_jobs:<jobs_per_gpu>}``: used by ``conf/hydra/launcher/local.yaml``."""
+    if not OmegaConf.has_resolver("marl_parallel_jobs"):
+        OmegaConf.register_new_resolver("marl_parallel_jobs", lambda per_gpu: parallel_jobs(int(per_gpu)))
+
+
+register_resolvers()  # launcher workers unpickle run_job (importing this module) before they compose
+
+
+def _job_threads(launcher_cfg: Any, jobs_per_gpu: int) -> int:
+    """Threads for this job: Slurm's CPUs per task, else cores // the local launcher's n_jobs."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm:
+        return max(1, int(slurm))
+    try:
+        n_jobs = launcher_cfg.get("n_jobs")
+    except Exception:  # noqa: BLE001 - ${launcher.jobs_per_gpu} is outside HydraConfig's hydra-only copy
+        n_jobs = None
+    return threads_per_job(parallel_jobs(jobs_per_gpu) if n_jobs in (None, -1) else int(n_jobs))
+
+
+# ----------------------------------------------------------------------------- one job
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """The multirun task: run one sweep job, never raise, return and record its status.
+
+    Status: ``finished``, ``resumed`` (continued from ``latest.pt`` with ``resume=auto``),
+    ``skipped`` (``resume=auto`` and the seed dir is done) or ``failed`` (with the error line).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from marlcli import results
+
+    hc = HydraConfig.get()
+    job_num = int(hc.job.num)
+    job_dir = Path(str(hc.runtime.output_dir))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    threads = _job_threads(hc.launcher, int(cfg.launcher.jobs_per_gpu))
+    out = results.seed_dir(cfg)
+    record: dict[str, Any] = {"job": job_num, "overrides": list(hc.overrides.task), "seed_dir": str(out),
+                              "status": "running", "error": None, "wall_s": 0.0, "threads": threads}
+    auto = cfg.get("resume") == "auto"
+    if auto and (out / results.DONE_FILE).exists():
+        record["status"] = "skipped"
+        _write_status(job_dir, record)
+        return record
+    started = "resumed" if auto and (out / "checkpoints" / "latest.pt").exists() else "finished"
+    _write_status(job_dir, record)
+    t0 = time.perf_counter()
+    try:
+        if cfg.launcher.get("isolate", True):
+            error = _run_child(cfg, job_dir, job_num, threads)
+        else:
+            error = _run_here(cfg, job_num, threads)
+    except BaseException as exc:  # noqa: BLE001 - isolation: nothing may escape a job
+        error = _one_line(exc)
+    record.update(status=FAILED if error else started, error=error, wall_s=round(time.perf_counter() - t0, 1))
+    _write_status(job_dir, record)
+    return record
+
+
+def _run_here(cfg: DictConfig, job_num: int, threads: int) -> str | None:
+    import torch
+
+    from marlcli.trainer import train
+
+    torch.set_num_threads(threads)
+    os.environ["MARL_JOB_NUM"] = str(job_num)
+    try:
+        train(cfg)
+    except Exception as exc:  # noqa: BLE001
+        return _one_line(exc)
+    return None
+
+
+def _run_child(cfg: DictConfig, job_dir: Path, job_num: int, threads: int) -> str | None:
+    """Train in a fresh interpreter: an exception, a segfault or a kill ends only that process."""
+    (job_dir / JOB_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    err_file = job_dir / JOB_ERROR
+    err_file.unlink(missing_ok=True)
+    env = {**os.environ, "MARL_JOB_NUM": str(job_num), "MARL_THREADS": str(threads),
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, "-m", "marlcli.sweep", str(job_dir)], env=env, check=False)
+    if proc.returncode == 0:
+        return None
+    if err_file.exists():
+        return err_file.read_text().strip() or f"exit code {proc.returncode}"
+    if proc.returncode < 0:
+        return f"killed by {signal.Signals(-proc.returncode).name}"
+    return f"exit code {proc.returncode} (no error recorded; see the seed dir's train.log)"
+
+
+def _child_main(job_dir: Path) -> int:
+    """``python -m marlcli.sweep JOB_DIR``: train the job's config; one error line on failure."""
+    import torch
+
+    from marlcli.trainer import train
+
+    torch.set_num_threads(int(os.environ.get("MARL_THREADS", "1")))
+    cfg = OmegaConf.load(job_dir / JOB_CONFIG)
+    try:
+        out = train(cfg)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001
+        (job_dir / JOB_ERROR).write_text(_one_line(exc) + "\n")
+        print(f"marl train: job {os.environ.get('MARL_JOB_NUM')} failed: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    print(f"results: {out}")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    from marlcli.errors import MarlError
+
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if isinstance(exc, MarlError) else f"{type(exc).__name__}: {text}"
+
+
+def _write_status(job_dir: Path, record: dict[str, Any]) -> None:
+    from marlcli.results import atomic_write_text
+
+    atomic_write_text(job_dir / STATUS_FILE, json.dumps(record, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- the parent side
+@dataclass
+class SweepPlan:
+    sweep_dir: Path
+    n_jobs: int | None  # jobs at once (local launcher); None for a cluster launcher
+    expected: int  # jobs the sweep will launch
+    launcher: str  # hydra launcher class name
+
+
+def _compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from marlcli.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return compose("config", overrides=overrides, return_hydra_config=hydra)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def plan(overrides: list[str]) -> SweepPlan:
+    """Where the sweep's status files go and how many jobs to expect; clears stale status files."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    expected = math.prod(len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override())
+    base = [o.input_line if not o.is_sweep_override()
+            else f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" for o in parsed]
+    cfg = _compose(base, hydra=True)
+    sweep_dir = Path(str(cfg.hydra.sweep.dir))
+    n_jobs = cfg.hydra.launcher.get("n_jobs")
+    for old in sweep_dir.glob(f"*/{STATUS_FILE}"):
+        old.unlink()
+    return SweepPlan(sweep_dir, int(n_jobs) if n_jobs is not None else None, expected,
+                     str(cfg.hydra.launcher._target_).rsplit(".", 1)[-1])
+
+
+def latest_run(overrides: list[str]) -> str | None:
+    """``resume=auto`` without ``run=``: the most recently modified run dir of the sweep's env/algo.
+
+    Looks at ``<results_dir>/<env>/<algo>/*`` for every env/algo the overrides sweep over;
+    None when there is none (the sweep then starts a new timestamped run).
+    """
+    from marlcli.cli import _combinations
+
+    candidates: list[Path] = []
+    for combo in _combinations(overrides):
+        cfg = _compose(combo)
+        parent = Path(str(cfg.results_dir)) / str(cfg.env.name) / str(cfg.algo.name)
+        if parent.is_dir():
+            candidates += [p for p in parent.iterdir() if p.is_dir() and any(p.glob("seed_*"))]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: max(s.stat().st_mtime for s in p.glob("seed_*"))).name
+
+
+def read_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{STATUS_FILE}")]
+    return sorted(rows, key=lambda r: r["job"])
+
+
+def summarize(p: SweepPlan, launcher_error: str | None = None) -> int:
+    """Print the sweep's summary table; 1 if any job failed, was killed or never ran, else 0."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = read_statuses(p.sweep_dir)
+    for r in rows:  # a job still "running" after the launcher returned died with its worker
+        if r["status"] == "running":
+            r.update(status=FAILED, error=launcher_error or "the job's process died")
+    missing = p.expected - len(rows)
+    shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
+    table = Table(title=f"sweep summary: {p.sweep_dir}", title_justify="left")
+    for col in ("job", "overrides", "status", "wall", "seed dir / error"):
+        table.add_column(col, justify="right" if col in ("job", "wall") else "left")
+    colour = {"finished": "green", "resumed": "cyan", "skipped": "dim", FAILED: "bold red"}
+    root = p.sweep_dir.parent.parent  # <results_dir>/.sweeps/<run> -> <results_dir>
+    for r in rows:
+        seed_dir = Path(r["seed_dir"])
+        where = str(seed_dir.relative_to(root)) if seed_dir.is_relative_to(root) else str(seed_dir)
+        label = " ".join(o for o in r["overrides"] if o not in shared) or " ".join(r["overrides"])
+        table.add_row(str(r["job"]), label, f"[{colour.get(r['status'], '')}]{r['status']}",
+                      f"{r['wall_s']:.0f}s", r["error"] or where)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "resumed", "skipped", FAILED)}
+    console = Console(stderr=True)
+    console.print(table)
+    line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if missing > 0:
+        line += f", {missing} not run"
+    if launcher_error:
+        line += f" (launcher: {launcher_error})"
+    console.print(f"sweep: {line or 'no jobs'}")
+    return 1 if counts[FAILED] or missing > 0 or launcher_error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(Path(sys.argv[1])))

@@ -1,14 +1,11 @@
 """Batched MPE physics shared by the native spread, tag and adversary envs.
 
-A torch port of ``mpe2._mpe_utils.core.World.step`` that steps ``B`` worlds at once.
-Positions are stored coordinate-major, ``pos[B, 2, E]`` (E = N agents then L
-landmarks), because pairwise maths on a contiguous ``[B, N, E]`` plane per coordinate is
-several times faster on CPU than reducing over a trailing dimension of size 2.
-
-The pairwise offsets ``rel[B, 2, N, E] = p_e - p_i`` and distances ``dist[B, N, E]``
-are computed once per step, after integration; they serve the observations and rewards
-of this step and the collision forces of the next one (landmarks never move in these
-scenarios), so each step computes them once.
+A torch port of ``mpe2._mpe_utils.core.World.step`` for ``B`` worlds at once. Positions
+are coordinate-major, ``pos[B, 2, E]`` (N agents then L landmarks): pairwise maths on a
+contiguous ``[B, N, E]`` plane per coordinate is several times faster on CPU than
+reducing over a trailing dimension of size 2. The offsets ``rel[B, 2, N, E] = p_e - p_i``
+and distances ``dist[B, N, E]`` are computed once per step, after integration; they serve
+this step's observations and rewards and the next step's contact forces.
 
 ``MPEEnv`` turns a scenario (spec, reset, observe, reward) into a ``VecEnv`` with
 auto-reset; the scenario modules stay short and readable.
@@ -19,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -38,12 +34,10 @@ DIRECTIONS = ((0.0, 0.0), (-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0))
 
 @dataclass
 class Bodies:
-    """Static properties of the entities: N agents first, then the landmarks.
+    """Static entity properties, N agents then landmarks (agents move, landmarks don't, mass 1).
 
-    Colliding entities must form a prefix of the entity list (true for spread: agents;
-    tag: agents and obstacles; adversary: none), so collision maths uses the first
-    ``n_colliders`` columns only. All agents are movable, landmarks are not, mass 1.
-    """
+    Colliders must be a prefix (spread: agents; tag: all; adversary: none) so contact
+    maths runs on the first ``n_colliders`` columns only."""
 
     n_agents: int
     sizes: list[float]  # per entity
@@ -67,9 +61,8 @@ class Bodies:
 class World:
     """Physical state of B worlds plus the RNG that resets them."""
 
-    def __init__(
-        self, bodies: Bodies, num_envs: int, seed: int, device: torch.device, dtype: torch.dtype
-    ) -> None:
+    def __init__(self, bodies: Bodies, num_envs: int, seed: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
         b, n, e, c = num_envs, bodies.n_agents, bodies.n_entities, bodies.n_colliders
         self.bodies, self.num_envs, self.n, self.e, self.c = bodies, b, n, e, c
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -86,10 +79,8 @@ class World:
         self.table = (dirs[None] * self.accel[:, None, None]).reshape(n * 5, 2).T.contiguous()
         self.offsets = torch.arange(n, device=device) * 5
         speeds = bodies.max_speed or [None] * n
-        self.max_speed = (
-            None if all(s is None for s in speeds)
-            else torch.tensor([float("inf") if s is None else s for s in speeds], **kw)
-        )
+        self.max_speed = None if all(s is None for s in speeds) else torch.tensor(
+            [float("inf") if s is None else s for s in speeds], **kw)
         sizes = torch.tensor(bodies.sizes, **kw)
         self.dmin = sizes[:n, None] + sizes[None, :]  # [N, E] collision distance
         self.no_self = torch.zeros(n, c, **kw)  # [N, C]: +inf on i == j removes self-contact
@@ -111,14 +102,8 @@ class World:
         p = torch.empty(k, 2, self.e, device=self.pos.device, dtype=self.pos.dtype)
         p[:, :, :n].uniform_(-bd.agent_range, bd.agent_range, generator=self.gen)
         p[:, :, n:].uniform_(-bd.landmark_range, bd.landmark_range, generator=self.gen)
-        if idx is None:
-            self.pos.copy_(p)
-            self.vel.zero_()
-            self.t.zero_()
-        else:
-            self.pos[idx] = p
-            self.vel[idx] = 0.0
-            self.t[idx] = 0
+        at: Tensor | slice = slice(None) if idx is None else idx
+        self.pos[at], self.vel[at], self.t[at] = p, 0.0, 0
 
     def action_force(self, actions: Tensor, discrete: bool) -> Tensor:
         """Agent control force ``u`` [B, 2, N] as mpe2's ``_set_action`` (times accel)."""
@@ -138,8 +123,7 @@ class World:
         c = self.c
         if c:
             d = self.dist[:, :, :c] + self.no_self  # [B, N, C]; inf on self
-            # clamp: beyond 50 margins the force is < 1e-22 and would otherwise decay
-            # into float32 denormals, which make every later op ~20x slower on CPU
+            # clamp: past 50 margins the force (< 1e-22) would turn into slow CPU denormals
             pen = F.softplus(((self.dmin[:, :c] - d) / CONTACT_MARGIN).clamp_(min=-50.0))
             coef = pen.mul_(CONTACT_FORCE * CONTACT_MARGIN).div_(d)  # [B, N, C]
             rel = self.rel[:, :, :, :c]  # [B, 2, N, C] = p_j - p_i
@@ -160,20 +144,15 @@ class World:
         return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "rng" not in state:
+            raise CheckpointError("native env state has no 'rng'")
         for key in ("pos", "vel", "t", *(f"extra.{k}" for k in self.extra)):
             cur = getattr(self, key) if "." not in key else self.extra[key[6:]]
             if key not in state or tuple(state[key].shape) != tuple(cur.shape):
                 raise CheckpointError(f"native env state '{key}' is missing or has the wrong shape")
             cur.copy_(state[key])
-        if "rng" not in state:
-            raise CheckpointError("native env state has no 'rng'")
         self.gen.set_state(state["rng"].cpu())
         self.refresh()
-
-
-def xy(x: Tensor) -> Tensor:
-    """``[B, 2, K]`` coordinate-major -> ``[B, K, 2]`` mpe2 layout (a view)."""
-    return x.transpose(1, 2)
 
 
 class Scenario(Protocol):
@@ -184,32 +163,22 @@ class Scenario(Protocol):
 
     def reset(self, w: World, idx: Tensor | None) -> None:
         """Sample initial states of worlds ``idx`` (all if None)."""
-        ...
 
     def observe(self, w: World) -> tuple[Tensor, Tensor]:
         """``obs`` [B, N, O] zero-padded and ``state`` [B, S] from the current world."""
-        ...
 
     def reward(self, w: World) -> tuple[Tensor, dict[str, Tensor]]:
         """``reward`` [B, N] and per-step stats (each [B]) after the physics step."""
-        ...
 
     def copy_extra_from_mpe2(self, w: World, b: int, mpe_world: Any) -> None:
         """Copy scenario state beyond positions (the adversary's goal) from mpe2."""
-        ...
 
 
 class MPEEnv:
     """B copies of an MPE scenario stepped as one, with auto-reset at ``max_cycles``."""
 
-    def __init__(
-        self,
-        scenario: Scenario,
-        num_envs: int,
-        seed: int,
-        device: torch.device,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
+    def __init__(self, scenario: Scenario, num_envs: int, seed: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.scenario = scenario
         self.spec: EnvSpec = scenario.spec
         self.num_envs = num_envs
@@ -219,10 +188,10 @@ class MPEEnv:
         self.world.refresh()
         self.world.gen.manual_seed(seed)  # ...without shifting the seeded stream
         self._limit = self.spec.episode_limit
+        self._mask = self.spec.action_mask().to(self.device)  # [N, A]
 
     def _avail(self) -> Tensor:
-        mask = self.spec.action_mask().to(self.device)
-        return mask.expand(self.num_envs, -1, -1).clone()
+        return self._mask.expand(self.num_envs, -1, -1).clone()
 
     def _first(self) -> TimeStep:
         obs, state = self.scenario.observe(self.world)
@@ -271,12 +240,12 @@ class MPEEnv:
         return self._first()
 
     def set_from_mpe2(self, b: int, raw_env: Any) -> None:
-        """Copy copy ``b``'s physical state from an mpe2 env (for equivalence tests)."""
+        """Copy env copy ``b``'s physical state from an mpe2 env (for equivalence tests)."""
         raw = getattr(raw_env, "unwrapped", raw_env)
         world, w = raw.world, self.world
         ents = world.agents + world.landmarks
-        pos = torch.tensor(np.array([e.state.p_pos for e in ents]), dtype=w.pos.dtype)
-        vel = torch.tensor(np.array([a.state.p_vel for a in world.agents]), dtype=w.pos.dtype)
+        pos = torch.tensor([list(e.state.p_pos) for e in ents], dtype=w.pos.dtype)
+        vel = torch.tensor([list(a.state.p_vel) for a in world.agents], dtype=w.pos.dtype)
         w.pos[b] = pos.T.to(self.device)
         w.vel[b] = vel.T.to(self.device)
         w.t[b] = int(raw.steps)
@@ -301,7 +270,7 @@ class Gather:
         at = 4 * n + 2 * n * e
         for name, k in (extras or {}).items():  # extra [B, 2, k]
             self.extra_at[name], at = at, at + 2 * k
-        self.zero, self.width = at, at + 1
+        self.zero = at  # index of a constant 0 (padding)
 
     def vel(self, i: int) -> list[int]:
         return [i, self.n + i]

@@ -273,6 +273,8 @@ def summarize(p: SweepPlan, launcher_error: str | None = None) -> int:
                       f"{r['wall_s']:.0f}s", r["error"] or where)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "resumed", "skipped", FAILED)}
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=160)
     console.print(table)
     line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     if missing > 0:

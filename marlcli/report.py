@@ -1,0 +1,299 @@
+"""``marl report PATH... [out=DIR] [--format marl-eval]``: results over seeds, for papers.
+
+Per env x algorithm (x run, when several runs of one pair are given) it reports the final
+evaluation return over seeds: mean, a 95% percentile-bootstrap CI of the mean and the IQM
+(interquartile mean; Agarwal et al. 2021, "Deep RL at the Edge of the Statistical
+Precipice"), the number of seeds, env steps and wall time. It prints a rich table and
+writes ``report.md``, ``report.csv`` and ``curves.png`` (mean eval return vs env steps with a
+95% CI band per algorithm, one panel per env) into the first PATH or ``out=DIR``;
+``--format marl-eval`` also writes ``marl_eval.json`` for InstaDeep's marl-eval tool.
+
+A seed's final return is the last ``eval/return_mean`` line of its ``metrics.jsonl``: the
+training-time evaluation, the same protocol for every seed and the same data as the curves.
+``eval.json`` (from ``marl eval``, whose episodes and seed the user picks) is used only for
+a seed whose metrics hold no evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0  # fixed: the same results give the same CI every time
+SKIP_DIRS = {".sweeps"}
+
+
+# ----------------------------------------------------------------------------- statistics (pure)
+def mean(values: Sequence[float]) -> float:
+    return float(np.mean(np.asarray(values, dtype=float))) if len(values) else math.nan
+
+
+def iqm(values: Sequence[float]) -> float:
+    """Interquartile mean: the mean of the middle 50% (``int(0.25 n)`` dropped at each end).
+
+    Same as ``scipy.stats.trim_mean(values, 0.25)``, rliable's IQM for one task.
+    """
+    x = np.sort(np.asarray(values, dtype=float))
+    if x.size == 0:
+        return math.nan
+    cut = int(0.25 * x.size)
+    return float(x[cut:x.size - cut].mean())
+
+
+def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean: resample seeds with replacement ``resamples`` times.
+
+    One value gives a zero-width interval at that value (there is no spread to estimate).
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- loading
+@dataclass
+class SeedResult:
+    env: str
+    algo: str
+    run: str
+    seed: int
+    path: Path
+    eval_steps: list[int] = field(default_factory=list)
+    eval_returns: list[float] = field(default_factory=list)
+    final_return: float = math.nan
+    env_steps: int = 0
+    wall_s: float = 0.0
+    done: bool = False
+    suite: str = ""
+
+
+def find_seed_dirs(path: Path) -> list[Path]:
+    """Seed dirs (holding ``metrics.jsonl``) at or below ``path``; sweep status dirs skipped."""
+    if (path / "metrics.jsonl").is_file():
+        return [path]
+    return sorted(p.parent for p in path.rglob("metrics.jsonl") if not SKIP_DIRS & set(p.relative_to(path).parts))
+
+
+def load_seed(sdir: Path) -> SeedResult:
+    from omegaconf import OmegaConf
+
+    from marlcli.results import DONE_FILE, read_metrics
+
+    parts = sdir.resolve().parts  # .../<env>/<algo>/<run>/seed_<k> when there is no config.yaml
+    env, algo, run, seed, suite = parts[-4], parts[-3], parts[-2], parts[-1].removeprefix("seed_"), ""
+    if (sdir / "config.yaml").is_file():
+        cfg = OmegaConf.load(sdir / "config.yaml")
+        env, algo, run, seed = str(cfg.env.name), str(cfg.algo.name), str(cfg.run), str(cfg.seed)
+        suite = str(cfg.env.get("factory") or "").split(".", 1)[0].split(":", 1)[0]
+    res = SeedResult(env, algo, run, int(seed) if seed.lstrip("-").isdigit() else 0, sdir, suite=suite or env,
+                     done=(sdir / DONE_FILE).exists())
+    try:
+        lines = read_metrics(sdir / "metrics.jsonl")
+    except (json.JSONDecodeError, OSError):
+        lines = []
+    for ln in lines:
+        res.env_steps = max(res.env_steps, int(ln.get("step", 0)))
+        res.wall_s = max(res.wall_s, float(ln.get("time_s", 0.0)))
+        if ln.get("eval/return_mean") is not None:
+            res.eval_steps.append(int(ln["step"]))
+            res.eval_returns.append(float(ln["eval/return_mean"]))
+    if res.eval_returns:
+        res.final_return = res.eval_returns[-1]
+    elif (sdir / "eval.json").is_file():
+        res.final_return = float(json.loads((sdir / "eval.json").read_text())["return_mean"])
+    return res
+
+
+def group(seeds: list[SeedResult]) -> dict[tuple[str, str, str], list[SeedResult]]:
+    """Seeds by (env, algo, run), in a stable order."""
+    out: dict[tuple[str, str, str], list[SeedResult]] = defaultdict(list)
+    for s in sorted(seeds, key=lambda s: (s.env, s.algo, s.run, s.seed)):
+        out[(s.env, s.algo, s.run)].append(s)
+    return dict(out)
+
+
+def summary_rows(groups: dict[tuple[str, str, str], list[SeedResult]]) -> list[dict[str, Any]]:
+    rows = []
+    for (env, algo, run), seeds in groups.items():
+        finals = [s.final_return for s in seeds if not math.isnan(s.final_return)]
+        lo, hi = bootstrap_ci(finals)
+        rows.append({"env": env, "algo": algo, "run": run, "seeds": len(finals),
+                     "seeds_done": sum(s.done for s in seeds), "env_steps": int(np.mean([s.env_steps for s in seeds])),
+                     "wall_time_s": round(float(np.mean([s.wall_s for s in seeds])), 1),
+                     "return_mean": mean(finals), "ci95_low": lo, "ci95_high": hi, "iqm": iqm(finals),
+                     "final_returns": finals})
+    return rows
+
+
+def curve(seeds: list[SeedResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean eval return and 95% bootstrap band at every eval step of any seed: (steps, mean, lo, hi)."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for s in seeds:
+        for st, r in zip(s.eval_steps, s.eval_returns):
+            by_step[st].append(r)
+    steps = np.array(sorted(by_step))
+    stats = [(mean(by_step[st]), *bootstrap_ci(by_step[st], resamples=2_000)) for st in steps]
+    m, lo, hi = (np.array(c) for c in zip(*stats)) if stats else (np.array([]),) * 3
+    return steps, m, lo, hi
+
+
+# ----------------------------------------------------------------------------- outputs
+def _fmt_time(s: float) -> str:
+    h, rem = divmod(int(round(s)), 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+def _display(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    cols = ["env", "algo", "run", "seeds", "env steps", "wall time", "final return (mean)", "95% CI", "IQM"]
+    body = [[r["env"], r["algo"], r["run"], f"{r['seeds']} ({r['seeds_done']} done)", f"{r['env_steps']:,}",
+             _fmt_time(r["wall_time_s"]), f"{r['return_mean']:.3f}", f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]",
+             f"{r['iqm']:.3f}"] for r in rows]
+    return cols, body
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cols, body = _display(rows)
+    table = Table(title="marl report: final evaluation return over seeds", title_justify="left")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("env", "algo", "run") else "right")
+    for b in body:
+        table.add_row(*b)
+    console = Console()
+    if not console.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
+
+
+def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
+    cols, body = _display(rows)
+    lines = ["# marl report", "",
+             "Final evaluation return (last `eval/return_mean` of each seed's metrics.jsonl) over seeds: mean, "
+             f"95% percentile-bootstrap CI of the mean ({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}), "
+             "IQM (mean of the middle 50% of seeds). Env steps and wall time are per-seed means.", "",
+             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(b) + " |" for b in body]
+    path.write_text("\n".join(lines) + "\n\n![learning curves](curves.png)\n")
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "final_returns": ";".join(f"{v:.6g}" for v in r["final_returns"])})
+
+
+def plot_curves(groups: dict[tuple[str, str, str], list[SeedResult]], path: Path) -> None:
+    """One panel per env; per algorithm the mean eval return and its 95% bootstrap band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({k[0] for k in groups})
+    runs_per_pair = defaultdict(set)
+    for env, algo, run in groups:
+        runs_per_pair[(env, algo)].add(run)
+    fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for (e, algo, run), seeds in groups.items():
+            if e != env:
+                continue
+            steps, m, lo, hi = curve(seeds)
+            if steps.size == 0:
+                continue
+            label = f"{algo} ({run})" if len(runs_per_pair[(env, algo)]) > 1 else algo
+            line, = ax.plot(steps, m, label=f"{label}, {len(seeds)} seeds")
+            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
+        ax.set_title(env)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("eval return (mean, 95% CI)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def marl_eval_data(seeds: list[SeedResult]) -> dict[str, Any]:
+    """The marl-eval raw-data layout (github.com/instadeepai/marl-eval, README "Data Structure")::
+
+        {env_name: {task_name: {algo_name: {"run_<k>": {"step_<i>": {"step_count": n, "return": [..]},
+                                                        "absolute_metrics": {"return": [..]}}}}}}
+
+    env_name is the env factory's package (``mpe2``), task_name marlcli's env name, ``run_<k>``
+    the k-th seed. marlcli logs the mean return of each evaluation, so each list holds one value.
+    """
+    data: dict[str, Any] = {}
+    for (env, algo, _run), group_seeds in group(seeds).items():
+        algo_node = data.setdefault(group_seeds[0].suite, {}).setdefault(env, {}).setdefault(algo, {})
+        for s in group_seeds:
+            run = {f"step_{i}": {"step_count": st, "return": [r]}
+                   for i, (st, r) in enumerate(zip(s.eval_steps, s.eval_returns))}
+            run["absolute_metrics"] = {"return": [s.final_return]}
+            algo_node[f"run_{len(algo_node)}"] = run
+    return data
+
+
+# ----------------------------------------------------------------------------- CLI
+def report_main(args: list[str]) -> int:
+    from marlcli.cli import _parse_kv, fail
+
+    fmt = None
+    rest: list[str] = []
+    it = iter(args)
+    for a in it:
+        if a == "--format":
+            fmt = next(it, None)
+        elif a.startswith("--format="):
+            fmt = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if fmt is not None and fmt != "marl-eval":
+        return fail("report", f"unknown --format '{fmt}'; the one format is marl-eval")
+    try:
+        paths, opts = _parse_kv(rest, {"out": ""}, "report")
+    except ValueError as exc:
+        return fail("report", str(exc))
+    if not paths:
+        return fail("report", "give at least one PATH (a run dir, or a dir holding many)")
+    seed_dirs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            return fail("report", f"{p} is not a directory; give run dirs or a dir holding them")
+        found = find_seed_dirs(p)
+        if not found:
+            return fail("report", f"no results under {p} (expected <env>/<algo>/<run>/seed_*/metrics.jsonl)")
+        seed_dirs += found
+    seeds = [load_seed(d) for d in dict.fromkeys(seed_dirs)]
+    groups = group(seeds)
+    rows = summary_rows(groups)
+    out = Path(opts["out"]) if opts["out"] else Path(paths[0])
+    out.mkdir(parents=True, exist_ok=True)
+    print_table(rows)
+    write_markdown(rows, out / "report.md")
+    write_csv(rows, out / "report.csv")
+    plot_curves(groups, out / "curves.png")
+    written = ["report.md", "report.csv", "curves.png"]
+    if fmt == "marl-eval":
+        (out / "marl_eval.json").write_text(json.dumps(marl_eval_data(seeds), indent=1) + "\n")
+        written.append("marl_eval.json")
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    return 0

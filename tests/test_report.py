@@ -1,0 +1,138 @@
+"""``marl report``: statistics with known answers on synthetic results trees, outputs, marl-eval JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from marlcli import report
+from marlcli.cli import main
+
+
+# ----------------------------------------------------------------------------- pure statistics
+def test_iqm_known_values() -> None:
+    assert report.iqm([1, 2, 3, 4]) == pytest.approx(2.5)  # drops 1 and 4
+    assert report.iqm([10, 1, 2, 3, 100]) == pytest.approx(5.0)  # int(1.25) = 1 dropped each end: mean(2, 3, 10)
+    assert report.iqm([0, 0, 1, 1, 1, 1, 100, -100]) == pytest.approx(0.75)  # middle four: 0, 1, 1, 1
+    assert report.iqm([7.0]) == 7.0
+
+
+def test_iqm_matches_scipy_trim_mean() -> None:
+    from scipy.stats import trim_mean
+
+    x = np.random.default_rng(3).normal(size=13)
+    assert report.iqm(x) == pytest.approx(trim_mean(x, 0.25))
+
+
+def test_bootstrap_ci_known_answers() -> None:
+    assert report.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    assert report.bootstrap_ci([5.0]) == (5.0, 5.0)
+    # two values {0, 1}: resampled means are 0, 0.5, 1 with prob 1/4, 1/2, 1/4 -> the 95% interval is [0, 1]
+    assert report.bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
+    # large sample: the bootstrap CI of the mean approaches mean +- 1.96 sd / sqrt(n)
+    x = np.random.default_rng(0).normal(10.0, 2.0, size=400)
+    lo, hi = report.bootstrap_ci(x)
+    half = 1.96 * x.std(ddof=1) / np.sqrt(x.size)
+    assert lo == pytest.approx(x.mean() - half, abs=0.03)
+    assert hi == pytest.approx(x.mean() + half, abs=0.03)
+
+
+def test_bootstrap_ci_is_deterministic() -> None:
+    x = [1.0, 4.0, 2.0, 8.0]
+    assert report.bootstrap_ci(x) == report.bootstrap_ci(x)
+
+
+# ----------------------------------------------------------------------------- synthetic trees
+FINALS = {"mappo": [1.0, 2.0, 3.0, 10.0], "ippo": [-1.0, -1.0, -1.0]}
+
+
+def make_tree(root: Path, run: str = "r1") -> Path:
+    """results/<env>/<algo>/<run>/seed_k with eval lines at steps 0, 100, 200 (final = FINALS)."""
+    for algo, finals in FINALS.items():
+        for seed, final in enumerate(finals):
+            sdir = root / "spread" / algo / run / f"seed_{seed}"
+            sdir.mkdir(parents=True)
+            (sdir / "config.yaml").write_text(
+                f"seed: {seed}\nrun: {run}\nenv:\n  name: spread\n  factory: mpe2.simple_spread_v3:parallel_env\n"
+                f"algo:\n  name: {algo}\n")
+            lines = [{"step": 0, "time_s": 0.0, "eval/return_mean": 0.0},
+                     {"step": 100, "time_s": 5.0, "time/sps": 20.0, "loss/policy": 0.1},
+                     {"step": 100, "time_s": 5.5, "eval/return_mean": final / 2},
+                     {"step": 200, "time_s": 10.0 + seed, "eval/return_mean": final}]
+            (sdir / "metrics.jsonl").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+            (sdir / "done").write_text("200\n")
+    # a sweep's status dir must not be read as results
+    (root / ".sweeps" / run / "0").mkdir(parents=True)
+    return root
+
+
+def test_summary_rows_known_answers(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "results")
+    seeds = [report.load_seed(d) for d in report.find_seed_dirs(root)]
+    rows = {r["algo"]: r for r in report.summary_rows(report.group(seeds))}
+    m = rows["mappo"]
+    assert (m["env"], m["run"], m["seeds"], m["seeds_done"], m["env_steps"]) == ("spread", "r1", 4, 4, 200)
+    assert m["return_mean"] == pytest.approx(4.0)
+    assert m["iqm"] == pytest.approx(2.5)
+    assert m["wall_time_s"] == pytest.approx(11.5)  # mean of 10, 11, 12, 13
+    assert m["ci95_low"] <= 2.0 < 4.0 < m["ci95_high"] <= 10.0
+    assert (rows["ippo"]["return_mean"], rows["ippo"]["ci95_low"], rows["ippo"]["ci95_high"]) == (-1.0, -1.0, -1.0)
+
+
+def test_eval_json_used_only_without_eval_lines(tmp_path: Path) -> None:
+    sdir = tmp_path / "spread" / "mappo" / "r" / "seed_0"
+    sdir.mkdir(parents=True)
+    (sdir / "metrics.jsonl").write_text(json.dumps({"step": 50, "time_s": 1.0, "loss/policy": 0.0}) + "\n")
+    (sdir / "eval.json").write_text(json.dumps({"return_mean": -7.5}))
+    res = report.load_seed(sdir)
+    assert (res.env, res.algo, res.run, res.seed, res.final_return) == ("spread", "mappo", "r", 0, -7.5)
+
+
+def test_curve_mean_and_band(tmp_path: Path) -> None:
+    seeds = [report.load_seed(d) for d in report.find_seed_dirs(make_tree(tmp_path / "res") / "spread" / "mappo")]
+    steps, m, lo, hi = report.curve(seeds)
+    assert steps.tolist() == [0, 100, 200]
+    assert m.tolist() == pytest.approx([0.0, 2.0, 4.0])
+    assert lo[0] == hi[0] == 0.0 and lo[2] < 4.0 < hi[2]
+
+
+def test_report_cli_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_tree(tmp_path / "results")
+    assert main(["report", str(root / "spread" / "mappo" / "r1"), str(root / "spread" / "ippo"),
+                 "--format", "marl-eval"]) == 0
+    out_dir = root / "spread" / "mappo" / "r1"  # the first PATH
+    text = capsys.readouterr().out
+    assert "mappo" in text and "ippo" in text and "4.000" in text
+    png = out_dir / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+    assert "| spread | mappo | r1 | 4 (4 done) |" in (out_dir / "report.md").read_text()
+    rows = list(csv.DictReader((out_dir / "report.csv").open()))
+    assert {r["algo"]: float(r["iqm"]) for r in rows} == {"ippo": -1.0, "mappo": 2.5}
+    data = json.loads((out_dir / "marl_eval.json").read_text())
+    runs = data["mpe2"]["spread"]["mappo"]
+    assert sorted(runs) == ["run_0", "run_1", "run_2", "run_3"]
+    assert runs["run_3"]["step_2"] == {"step_count": 200, "return": [10.0]}
+    assert runs["run_3"]["absolute_metrics"] == {"return": [10.0]}
+    assert len(data["mpe2"]["spread"]["ippo"]) == 3
+
+
+def test_report_out_dir(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "results")
+    assert main(["report", str(root), f"out={tmp_path / 'rep'}"]) == 0
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "report.csv", "curves.png"}
+
+
+@pytest.mark.parametrize("args", [["/no/such/dir"], [], ["--format", "csv", "."], ["bogus=1", "."]])
+def test_report_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marl report: error:") and err.count("\n") == 1
+
+
+def test_report_empty_dir_exit_2(tmp_path: Path) -> None:
+    assert main(["report", str(tmp_path)]) == 2

@@ -11,15 +11,21 @@ from typing import Any
 import torch
 
 from marlcli.envs.base import VecEnv
+from marlcli.envs.matrix import MatrixVecEnv
 from marlcli.envs.native.adversary import AdversaryEnv
 from marlcli.envs.native.spread import SpreadEnv
 from marlcli.envs.native.tag import TagEnv
+from marlcli.envs.rendezvous import RendezvousEnv
 from marlcli.errors import ConfigError
 
 ENVS: dict[str, Any] = {
     "spread": SpreadEnv,
     "tag": TagEnv,
     "adversary": AdversaryEnv,
+    "rendezvous": RendezvousEnv,  # one-step credit-assignment game (marlcli/envs/rendezvous.py)
+    "coordination": MatrixVecEnv,  # matrix games (marlcli/envs/matrix.py)
+    "prisoners": MatrixVecEnv,
+    "rps": MatrixVecEnv,
 }
 
 

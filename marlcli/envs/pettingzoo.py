@@ -54,9 +54,19 @@ def _spread_stats(env: Any) -> dict[str, float]:
     return {"collisions": collisions, "landmarks_covered": covered}
 
 
+def _tag_stats(env: Any) -> dict[str, float]:
+    """Catches for mpe2 tag: predator-prey pairs in contact this step (as the +10 reward counts them)."""
+    world = env.unwrapped.world
+    preds = [a for a in world.agents if a.adversary]
+    prey = [a for a in world.agents if not a.adversary]
+    catches = sum(float(np.linalg.norm(p.state.p_pos - q.state.p_pos) < p.size + q.size) for p in preds for q in prey)
+    return {"catches": catches}
+
+
 # env name -> (stats spec, function computing the per-step stats of one copy)
 _STATS: dict[str, tuple[dict[str, str], Callable[[Any], dict[str, float]]]] = {
     "spread": ({"collisions": "sum", "landmarks_covered": "last"}, _spread_stats),
+    "tag": ({"catches": "sum"}, _tag_stats),
 }
 
 

@@ -16,14 +16,12 @@ from marlcli.envs.native.adversary import AdversaryEnv
 from marlcli.envs.native.spread import SpreadEnv
 from marlcli.envs.native.tag import TagEnv
 from marlcli.envs.rendezvous import RendezvousEnv
-from marlcli.envs.rendezvous import RendezvousEnv
 from marlcli.errors import ConfigError
 
 ENVS: dict[str, Any] = {
     "spread": SpreadEnv,
     "tag": TagEnv,
     "adversary": AdversaryEnv,
-    "rendezvous": RendezvousEnv,  # one-step credit-assignment game (marlcli/envs/rendezvous.py)
     "rendezvous": RendezvousEnv,  # one-step credit-assignment game (marlcli/envs/rendezvous.py)
     "coordination": MatrixVecEnv,  # matrix games (marlcli/envs/matrix.py)
     "prisoners": MatrixVecEnv,

@@ -20,9 +20,10 @@ import csv
 import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -143,11 +144,11 @@ def curve(seeds: list[SeedResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     """Mean eval return and 95% bootstrap band at every eval step of any seed: (steps, mean, lo, hi)."""
     by_step: dict[int, list[float]] = defaultdict(list)
     for s in seeds:
-        for st, r in zip(s.eval_steps, s.eval_returns):
+        for st, r in zip(s.eval_steps, s.eval_returns, strict=True):
             by_step[st].append(r)
     steps = np.array(sorted(by_step))
     stats = [(mean(by_step[st]), *bootstrap_ci(by_step[st], resamples=2_000)) for st in steps]
-    m, lo, hi = (np.array(c) for c in zip(*stats)) if stats else (np.array([]),) * 3
+    m, lo, hi = (np.array(c) for c in zip(*stats, strict=True)) if stats else (np.array([]),) * 3
     return steps, m, lo, hi
 
 
@@ -212,7 +213,7 @@ def plot_curves(groups: dict[tuple[str, str, str], list[SeedResult]], path: Path
     for env, algo, run in groups:
         runs_per_pair[(env, algo)].add(run)
     fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
-    for ax, env in zip(axes[0], envs):
+    for ax, env in zip(axes[0], envs, strict=True):
         for (e, algo, run), seeds in groups.items():
             if e != env:
                 continue
@@ -246,7 +247,7 @@ def marl_eval_data(seeds: list[SeedResult]) -> dict[str, Any]:
         algo_node = data.setdefault(group_seeds[0].suite, {}).setdefault(env, {}).setdefault(algo, {})
         for s in group_seeds:
             run = {f"step_{i}": {"step_count": st, "return": [r]}
-                   for i, (st, r) in enumerate(zip(s.eval_steps, s.eval_returns))}
+                   for i, (st, r) in enumerate(zip(s.eval_steps, s.eval_returns, strict=True))}
             run["absolute_metrics"] = {"return": [s.final_return]}
             algo_node[f"run_{len(algo_node)}"] = run
     return data

@@ -42,12 +42,12 @@ class Config:
     name: str = "coma"
     family: str = "coma"
     rollout_steps: int = 25  # T: steps per env copy between updates
-    actor_lr: float = 0.0005
-    critic_lr: float = 0.0005
-    gamma: float = 0.99
+    actor_lr: float = 0.001
+    critic_lr: float = 0.001
+    gamma: float = 0.95
     td_lambda: float = 0.8  # lambda of the critic's TD(lambda) targets
-    critic_epochs: int = 4  # critic passes over each rollout before the policy step
-    actor_epochs: int = 1  # policy-gradient steps per rollout (1 = on-policy)
+    critic_epochs: int = 8  # critic passes over each rollout before the policy step
+    actor_epochs: int = 2  # policy-gradient steps per rollout (1 = strictly on-policy)
     tau: float = 0.01  # Polyak rate of the target critic
     ent_coef: float = 0.01  # entropy bonus
     norm_adv: bool = True  # standardize advantages over the rollout

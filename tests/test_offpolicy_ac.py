@@ -1,0 +1,195 @@
+"""MADDPG and COMA (issue 5): critic inputs, decentralized actors, counterfactual advantage,
+learning on spread and tag, checkpoint/resume, `marl eval`, bad pairs, rendezvous env."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
+
+from marlcli import config, results
+from marlcli.algos import coma, maddpg
+from marlcli.cli import main
+from marlcli.envs import make_env
+from marlcli.envs.rendezvous import RendezvousParallelEnv, rendezvous_reward
+from marlcli.evaluate import run_episodes
+from marlcli.nets.mlp import GroupLinear
+from marlcli.trainer import train
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    config.register()
+    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base=None):
+        return hydra_compose("config", overrides=overrides)
+
+
+def quiet(tmp_path, **train_kw) -> list[str]:  # noqa: ANN001
+    t = {"eval_episodes": 50, "eval_envs": 50, "checkpoint_interval": 10**9, "log_interval": 10**9, **train_kw}
+    return [f"results_dir={tmp_path}", "device=cpu", "logger.progress=false"] + [f"train.{k}={v}" for k, v in t.items()]
+
+
+def evals(seed_dir) -> list[dict]:  # noqa: ANN001
+    lines = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if "eval/return_mean" in x]
+
+
+SPREAD_C = ["algo=maddpg", "env=spread", "env.backend=native", "env.continuous_actions=true"]
+
+
+# ----------------------------------------------------------------------------- structure
+def test_maddpg_critic_sees_state_and_all_actions_actor_sees_own_obs() -> None:
+    cfg = compose(SPREAD_C)
+    env = make_env(cfg.env, 4, 0, torch.device("cpu"))
+    spec = env.spec
+    algo = maddpg.make(spec, cfg, torch.device("cpu"))
+    n, a = spec.n_agents, spec.act_dim
+    assert algo.critic.in_dim == spec.state_dim + n * a + n
+    ts = env.reset()
+    acts = torch.rand(4, n, a)
+    x = algo.critic.inputs(ts.obs, ts.state, acts)
+    assert torch.equal(x[:, 1, : spec.state_dim], ts.state)
+    assert torch.equal(x[:, 1, spec.state_dim: spec.state_dim + n * a], acts.flatten(1))
+    q = algo.critic(ts.obs, ts.state, acts)
+    acts2 = acts.clone()
+    acts2[:, 2] = torch.rand(4, a)  # another agent's action changes agent 0's Q
+    assert not torch.allclose(q[:, 0], algo.critic(ts.obs, ts.state, acts2)[:, 0])
+    # actors: changing the others' observations leaves agent 0's action unchanged
+    act0, _ = algo.actor.act(ts.obs, ts.avail, None, True)
+    obs2 = ts.obs.clone()
+    obs2[:, 1:] = torch.randn_like(obs2[:, 1:])
+    act1, _ = algo.actor.act(obs2, ts.avail, None, True)
+    assert torch.equal(act0[:, 0], act1[:, 0]) and not torch.equal(act0[:, 1], act1[:, 1])
+    assert (act0 >= spec.act_low).all() and (act0 <= spec.act_high).all()
+    # independent DDPG: own observation and own action only
+    ind = maddpg.make(spec, compose(SPREAD_C + ["critic=independent"]), torch.device("cpu"))
+    assert ind.critic.in_dim == spec.obs_dim + a + n
+
+
+def test_coma_advantage_matches_closed_form_for_hand_built_critic() -> None:
+    """Q(x, a) = a table T[a_1, a_2, a_3]; the critic returns T with a_i varied, the others fixed."""
+    n, acts_n = 3, 4
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(acts_n, acts_n, acts_n, generator=g)
+    actions = torch.tensor([[1, 3, 0], [2, 2, 1]])
+    probs = torch.softmax(torch.randn(2, n, acts_n, generator=g), -1)
+    q = torch.stack([torch.stack([table[(slice(None),) + tuple(a[1:])],
+                                  table[a[0], :, a[2]], table[a[0], a[1], :]]) for a in actions])
+    adv = coma.counterfactual_advantage(q, probs, actions)
+    for b, a in enumerate(actions.tolist()):
+        for i in range(n):
+            taken = table[tuple(a)]
+            base = sum(probs[b, i, k] * table[tuple(a[:i] + [k] + a[i + 1:])] for k in range(acts_n))
+            assert adv[b, i].item() == pytest.approx((taken - base).item(), abs=1e-6)
+
+
+def test_coma_critic_ignores_own_action_but_sees_others() -> None:
+    cfg = compose(["algo=coma", "env=spread", "env.backend=native"])
+    env = make_env(cfg.env, 2, 0, torch.device("cpu"))
+    critic = coma.make(env.spec, cfg, torch.device("cpu")).critic
+    ts = env.reset()
+    a = torch.tensor([[0, 1, 2], [3, 4, 0]])
+    q = critic(ts.obs, ts.state, a)
+    b = a.clone()
+    b[:, 0] = (b[:, 0] + 1) % 5  # agent 0's own action: its row of Q is unchanged, the others' change
+    q2 = critic(ts.obs, ts.state, b)
+    assert torch.equal(q[:, 0], q2[:, 0]) and not torch.allclose(q[:, 1], q2[:, 1])
+
+
+def test_rendezvous_reward_and_envs() -> None:
+    a = torch.tensor([[0.7, 0.7, 0.7, 0.7], [0.0, 1.0, 0.5, 0.7]])
+    pairs = sum((a[1, i] - a[1, j]) ** 2 for i in range(4) for j in range(i + 1, 4))
+    expect = -(((a[1] - 0.7) ** 2).sum() + 2.0 * pairs)
+    r = rendezvous_reward(a, 0.7, 2.0)
+    assert r[0].item() == pytest.approx(0.0) and r[1].item() == pytest.approx(expect.item(), rel=1e-6)
+    cfg = compose(["env=rendezvous", "env.coupling=2.0"])
+    env = make_env(cfg.env, 2, 0, torch.device("cpu"))
+    ts = env.step(a[:, :, None])
+    assert torch.allclose(ts.reward, r[:, None].expand(-1, 4)) and ts.done.all()
+    pz = RendezvousParallelEnv(n=4, target=0.7, coupling=2.0)
+    pz.reset()
+    _, rew, _, trunc, _ = pz.step({f"agent_{i}": [float(a[1, i])] for i in range(4)})
+    assert rew["agent_3"] == pytest.approx(expect.item(), rel=1e-6) and all(trunc.values())
+
+
+# ----------------------------------------------------------------------------- learning
+def test_maddpg_learns_continuous_spread(tmp_path) -> None:  # noqa: ANN001
+    cfg = compose(SPREAD_C + quiet(tmp_path, total_steps=20000, eval_interval=20000))
+    rows = evals(train(cfg))
+    assert rows[-1]["eval/return_mean"] > -21.5  # random -26 to -28; standing still about -22
+
+
+def test_coma_learns_discrete_spread(tmp_path) -> None:  # noqa: ANN001
+    cfg = compose(["algo=coma", "env=spread", "env.backend=native"]
+                  + quiet(tmp_path, total_steps=40000, eval_interval=40000, eval_deterministic=False))
+    rows = evals(train(cfg))
+    assert rows[-1]["eval/return_mean"] > -25.0  # random: -26 to -28
+
+
+def _with_untrained_role(actor: torch.nn.Module, fresh: torch.nn.Module, group: int) -> torch.nn.Module:
+    """A copy of ``actor`` whose role ``group`` uses ``fresh``'s (untrained) weights (sharing=role)."""
+    mixed = copy.deepcopy(actor)
+    for m, f in zip(mixed.modules(), fresh.modules()):
+        if isinstance(m, GroupLinear):
+            m.weight.data[group] = f.weight.data[group]
+            m.bias.data[group] = f.bias.data[group]
+    return mixed
+
+
+def test_maddpg_predators_catch_more_than_untrained(tmp_path) -> None:  # noqa: ANN001
+    cfg = compose(["algo=maddpg", "env=tag", "env.backend=native", "sharing=role"]
+                  + quiet(tmp_path, total_steps=20000, eval_interval=20000))
+    out = train(cfg)
+    payload = results.load_checkpoint(out / "checkpoints" / "latest.pt")
+    env = make_env(cfg.env, 50, 123, torch.device("cpu"))
+    trained = maddpg.make_actor(env.spec, cfg)
+    trained.load_state_dict(payload["actor"])
+    torch.manual_seed(0)
+    untrained_preds = _with_untrained_role(trained, maddpg.make_actor(env.spec, cfg), env.spec.roles.index("adversary"))
+    catches_trained = run_episodes(trained, env, 50).stats["catches"].mean().item()
+    env = make_env(cfg.env, 50, 123, torch.device("cpu"))
+    catches_untrained = run_episodes(untrained_preds, env, 50).stats["catches"].mean().item()
+    assert catches_trained > catches_untrained + 0.5, (catches_trained, catches_untrained)
+
+
+# ----------------------------------------------------------------------------- resume, eval, errors
+@pytest.mark.parametrize("algo", ["maddpg", "coma"])
+def test_resume_identical_and_marl_eval(tmp_path, algo: str, capsys) -> None:  # noqa: ANN001
+    base = ([f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=4"]
+            + (["env.continuous_actions=true", "algo.learning_starts=200", "algo.batch_size=64",
+                "algo.updates_per_rollout=4"] if algo == "maddpg" else []))
+    full = compose(base + quiet(tmp_path / "full", total_steps=1200, eval_interval=300, eval_episodes=8, eval_envs=8,
+                                log_interval=200))
+    ref = [json.loads(x) for x in (train(full) / "metrics.jsonl").read_text().splitlines()]
+    part = quiet(tmp_path / "part", total_steps=600, eval_interval=300, eval_episodes=8, eval_envs=8,
+                 log_interval=200, checkpoint_interval=200)
+    seed_dir = train(compose(base + part))
+    resumed = compose(base + quiet(tmp_path / "part", total_steps=1200) + [f"resume={seed_dir}/checkpoints/step_600.pt"])
+    got = [json.loads(x) for x in (train(resumed) / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "time/sps")} for r in rows]  # noqa: E731
+    assert strip(got) == strip(ref)
+    assert main(["eval", str(seed_dir), "episodes=8", "envs=8"]) == 0
+    assert json.loads((seed_dir / "eval.json").read_text())["algo"] == algo
+
+
+def test_eval_reports_roles_and_catches_on_tag(tmp_path, capsys) -> None:  # noqa: ANN001
+    cfg = compose(["algo=maddpg", "env=tag", "env.backend=native", "env.num_envs=4", "algo.learning_starts=100",
+                   "algo.batch_size=32", "algo.updates_per_rollout=1"] + quiet(tmp_path, total_steps=200, eval_interval=200,
+                                                                               eval_episodes=4, eval_envs=4))
+    seed_dir = train(cfg)
+    assert main(["eval", str(seed_dir), "episodes=4", "envs=4"]) == 0
+    row = json.loads((seed_dir / "eval.json").read_text())
+    assert {"return_role/adversary", "return_role/agent", "catches"} <= set(row)
+
+
+@pytest.mark.parametrize("args", [
+    ["algo=coma", "env=spread", "env.continuous_actions=true"],
+    ["algo=coma", "env=rendezvous"],
+])
+def test_bad_pairs_exit_2(tmp_path, args: list[str], capsys) -> None:  # noqa: ANN001
+    assert main(["train", *args, f"results_dir={tmp_path}"]) == 2
+    assert "discrete actions only" in capsys.readouterr().err

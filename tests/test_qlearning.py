@@ -144,7 +144,7 @@ def test_beats_random_on_spread(tmp_path, algo: str) -> None:  # noqa: ANN001
 def test_vdn_with_optimism_reaches_the_optimum_on_coordination(tmp_path) -> None:  # noqa: ANN001
     cfg = compose(["algo=vdn", "env=coordination", "env.backend=native", "env.penalty=-30", "seed=3",
                    "algo.optimism=true", "algo.rollout_steps=1", "algo.batch_episodes=64", "algo.learning_starts=64",
-                   "algo.updates_per_rollout=1", "algo.eps_anneal_steps=4000", "algo.eps_end=0.1",
+                   "algo.replay_ratio=1.0", "algo.eps_anneal_steps=4000", "algo.eps_end=0.1",
                    *quiet(tmp_path, total_steps=8000, eval_interval=8000)])
     assert evals(train(cfg))[-1]["eval/return_mean"] == 10.0
 

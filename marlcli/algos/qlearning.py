@@ -17,7 +17,8 @@ clipping, reward standardisation, an MLP or GRU agent, the last action as input.
 hysteretic option (Matignon et al. 2007) scales negative TD errors by ``neg_td_scale``.
 
 Speed (issue 7): collection acts for all B env copies at once and never syncs with the
-host; each update is ``updates_per_rollout`` large batched gradient steps.
+host; each update is a few large batched gradient steps, as many as keep ``replay_ratio``
+sampled episodes per new one (so learning per env step does not depend on ``env.num_envs``).
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ class Config:
     agent: str = "mlp"  # mlp | rnn (GRU, for partial observability)
     rollout_steps: int = 25  # T: steps per env copy between updates
     buffer_episodes: int = 5000  # replay capacity in whole episodes
-    batch_episodes: int = 128  # episodes per gradient step
-    updates_per_rollout: int = 4  # gradient steps after each rollout
-    learning_starts: int = 128  # episodes in the buffer before learning starts
-    lr: float = 0.001  # Adam learning rate
+    batch_episodes: int = 32  # episodes per gradient step
+    replay_ratio: float = 4.0  # episodes sampled per new episode (sets gradient steps per rollout)
+    learning_starts: int = 32  # episodes in the buffer before learning starts
+    lr: float = 0.003  # Adam learning rate
     adam_eps: float = 1e-5
     gamma: float = 0.99
     returns: str = "lambda"  # lambda (TD(λ)) | nstep
@@ -67,7 +68,7 @@ class Config:
     tau: float = 1.0  # 1 = hard copy every interval; < 1 = Polyak averaging after every step
     eps_start: float = 1.0  # ε-greedy: initial exploration
     eps_end: float = 0.05  # final exploration
-    eps_anneal_steps: int = 500_000  # env steps over which ε falls linearly
+    eps_anneal_steps: int = 300_000  # env steps over which ε falls linearly
     max_grad_norm: float = 10.0
     standardise_rewards: bool = False  # divide rewards by their running std
     last_action: bool = False  # append the agent's previous action (one-hot) to its input
@@ -173,7 +174,7 @@ class QLearner:
         self.reward_norm = RunningNorm(beta=0.999).to(device)
         self.replay = EpisodeReplay(a.buffer_episodes, int(cfg.env.num_envs), spec.episode_limit, spec.n_agents,
                                     spec.obs_dim, spec.state_dim, spec.act_dim, device)
-        self.updates = 0
+        self.updates, self.credit = 0, 0.0  # gradient steps done; episodes' worth of steps owed
 
     def epsilon(self, step: int) -> float:
         a = self.cfg
@@ -188,11 +189,13 @@ class QLearner:
         a = self.cfg
         if a.standardise_rewards:
             self.reward_norm.update(rollout.reward)
-        self.replay.add(rollout)
+        new = self.replay.add(rollout)
         metrics: dict[str, Any] = {"train/epsilon": self.epsilon(step), "train/buffer_episodes": self.replay.size}
         if self.replay.size < max(1, a.learning_starts):
             return metrics
-        for _ in range(a.updates_per_rollout):
+        self.credit += new * a.replay_ratio / a.batch_episodes
+        n_updates, self.credit = int(self.credit), self.credit - int(self.credit)
+        for _ in range(n_updates):
             metrics.update(self.learn(self.replay.sample(a.batch_episodes)))
         return metrics
 
@@ -260,7 +263,7 @@ class QLearner:
                 "target_actor": self.target_actor.state_dict(),
                 "target_mixer": self.target_mixer.state_dict() if self.target_mixer else {},
                 "optim": self.optim.state_dict(), "reward_norm": self.reward_norm.state_dict(),
-                "replay": self.replay.state_dict(), "updates": self.updates}
+                "replay": self.replay.state_dict(), "updates": self.updates, "credit": self.credit}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.mixer is not None:
@@ -270,4 +273,4 @@ class QLearner:
         self.optim.load_state_dict(state["optim"])
         self.reward_norm.load_state_dict(state["reward_norm"])
         self.replay.load_state_dict(state["replay"])
-        self.updates = int(state["updates"])
+        self.updates, self.credit = int(state["updates"]), float(state["credit"])

@@ -140,11 +140,12 @@ class PettingZooVecEnv:
     def _write(self, b: int, obs: dict[str, np.ndarray]) -> None:
         """Copy one copy's observation dict into the padded arrays; state likewise."""
         self._obs[b] = 0.0
+        env = self.envs[b]
+        live = set(env.agents)  # an agent that just finished still gets its last obs, but is not alive
         for i, a in enumerate(self.spec.agents):
-            self._alive[b, i] = a in obs
+            self._alive[b, i] = a in live
             if a in obs:
                 self._obs[b, i, : self.spec.obs_dims[i]] = np.asarray(obs[a], dtype=np.float32).ravel()
-        env = self.envs[b]
         if self._has_state:
             self._state[b] = np.asarray(env.state(), dtype=np.float32).ravel()
         else:

@@ -1,0 +1,51 @@
+# marlcli: `make help` lists the targets.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   := torch==2.13.0
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+
+.PHONY: help install train eval test test-all lint format typecheck bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)          # the CPU wheel first: a bare `torch` pulls GBs of CUDA
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install marlcli (torch 2.13.0 CPU first)
+
+train: $(STAMP) ## train MAPPO on spread with the defaults, then evaluate it
+	$(BIN)/marl train algo=mappo env=spread run=quickstart $(ARGS)
+	$(BIN)/marl eval results/spread/mappo/quickstart
+
+eval: $(STAMP) ## evaluate a run: make eval RUN=results/spread/mappo/quickstart
+	$(BIN)/marl eval $(or $(RUN),results/spread/mappo/quickstart) $(ARGS)
+
+test: $(STAMP) ## the CI suite: unit, integration and small learning tests
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-all: test ## everything (same as test today)
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check marlcli tests experiments
+
+format: $(STAMP) ## ruff format + import sorting
+	$(BIN)/ruff check --fix --select I marlcli tests experiments
+	$(BIN)/ruff format marlcli tests experiments
+
+typecheck: $(STAMP) ## mypy (installed on demand)
+	$(BIN)/pip install -q mypy
+	$(BIN)/mypy marlcli --ignore-missing-imports
+
+bench: $(STAMP) ## env throughput + time-to-return benchmarks -> results/bench/
+	$(BIN)/python -m marlcli.bench $(ARGS)
+
+clean: ## remove caches and build outputs (keeps results/ and .venv)
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -136,6 +136,9 @@ def train_main(args: list[str]) -> int:
 
     config.register()
     flags, overrides = _split(args)
+    if "--help" in flags or "-h" in flags:
+        print(train_help(overrides))
+        return 0
     info = any(f in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info") for f in flags)
     multirun = not info and any(f in ("-m", "--multirun") for f in flags)
     if not any(o.split("=", 1)[0].lstrip("+~") == "run" for o in overrides):
@@ -170,6 +173,49 @@ def train_main(args: list[str]) -> int:
     finally:
         sys.argv = saved
     return sweep.summarize(plan, launcher_error) if plan is not None else 0
+
+
+def train_help(overrides: list[str]) -> str:
+    """Groups with their options (from conf/) and every key of the composed config with its value."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from marlcli.config import CONF_DIR
+
+    groups = []
+    for group in ("env", "algo", "critic", "sharing"):
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        groups.append(f"  {group:8s} {', '.join(options)}")
+    launchers = sorted(p.stem for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        try:
+            cfg = compose("config", overrides=overrides)
+        except Exception as exc:
+            return f"marl train: cannot compose {overrides}: {_hydra_message(exc)}"
+    GlobalHydra.instance().clear()
+    body = OmegaConf.to_yaml(cfg, resolve=False)
+    return "\n".join([
+        "usage: marl train [group=option ...] [key=value ...] [-m]",
+        "",
+        "Train one run (or, with -m and comma-separated values, a sweep of runs in parallel).",
+        "",
+        "Config groups (group=option):",
+        *groups,
+        f"  {'hydra/launcher':8s} {', '.join(launchers)}  (multirun only)",
+        "",
+        "Examples:",
+        "  marl train algo=qmix env=spread",
+        "  marl train algo=mappo env=tag sharing=role critic=independent train.total_steps=1000000",
+        "  marl train -m seed=0,1,2,3,4 algo=qmix,mappo",
+        "  marl train resume=results/spread/mappo/<run>/seed_0",
+        "",
+        "Options (the composed config for the groups above; override any key with key=value;",
+        "`marl train algo=qmix --help` shows that algorithm's keys):",
+        "",
+        body,
+    ])
 
 
 def hydra_task(cfg: DictConfig) -> Any:
@@ -303,7 +349,11 @@ def print_eval_table(rows: list[dict[str, Any]]) -> None:
 
 
 def entry() -> None:
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `marl ... | head`
+        sys.stderr.close()
+        sys.exit(0)
 
 
 if __name__ == "__main__":

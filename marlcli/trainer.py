@@ -118,6 +118,8 @@ def train(cfg: DictConfig) -> Path:
     writer = results.MetricsWriter(out / "metrics.jsonl", keep_until_step=counters["step"] if payload else None)
     tracker = Tracker(cfg, out, resumed=payload is not None)
     start = time.perf_counter() - counters["time_s"]
+    if payload is None and os.environ.get("MARL_T0"):  # benchmarks: time_s counts from process launch
+        start -= max(0.0, time.time() - float(os.environ["MARL_T0"]))
 
     def elapsed() -> float:
         return time.perf_counter() - start

@@ -171,3 +171,13 @@ def test_qmix_on_continuous_actions_is_a_one_line_error(tmp_path, capsys) -> Non
                  "logger.progress=false", "train.total_steps=100"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "discrete" in err
+
+
+def test_polyak_targets_work_for_every_mixer(compose_cfg) -> None:
+    """``algo.tau < 1`` (Polyak averaging) must also work for the parameter-free VDN mixer."""
+    from marlcli.trainer import train
+
+    for algo in ("vdn", "qmix"):
+        out = train(compose_cfg(f"algo={algo}", "algo.tau=0.01", "train.total_steps=400", "algo.learning_starts=4",
+                                f"run=polyak-{algo}"))
+        assert (out / "done").exists()

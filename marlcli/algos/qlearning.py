@@ -253,8 +253,10 @@ class QLearner:
         a = self.cfg
         pairs = [(self.target_actor, self.actor)] + ([(self.target_mixer, self.mixer)] if self.mixer else [])
         for target, online in pairs:
+            params = list(target.parameters())
             if a.tau < 1.0:
-                torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), a.tau)
+                if params:  # the VDN sum has no parameters
+                    torch._foreach_lerp_(params, list(online.parameters()), a.tau)
             elif self.updates % max(1, a.target_update_interval) == 0:
                 target.load_state_dict(online.state_dict())
 

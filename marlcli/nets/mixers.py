@@ -41,8 +41,9 @@ class QMixer(nn.Module):
     def forward(self, q: Tensor, state: Tensor) -> Tensor:
         """``q [..., N]``, ``state [..., S]`` -> ``[..., 1]``."""
         w1, w2 = self.weights(state)
-        h = F.elu(torch.matmul(q.unsqueeze(-2), w1) + self.hyper_b1(state).unsqueeze(-2))  # [..., 1, E]
-        return torch.matmul(h, w2).squeeze(-1) + self.hyper_b2(state)
+        # elementwise products instead of [1, N] @ [N, E] matmuls: far cheaper for small N on CPU
+        h = F.elu((q.unsqueeze(-1) * w1).sum(-2) + self.hyper_b1(state))  # [..., E]
+        return (h * w2.squeeze(-1)).sum(-1, keepdim=True) + self.hyper_b2(state)
 
 
 def make_mixer(kind: str, n_agents: int, state_dim: int, embed: int = 32, hyper_hidden: int = 64) -> nn.Module | None:

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -37,7 +37,7 @@ class LoggerConfig:
     progress: bool = True  # rich progress bar on a terminal
     wandb: bool = False  # also send metrics to wandb
     wandb_project: str = "marlcli"
-    wandb_mode: Optional[str] = None  # online | offline; null = $WANDB_MODE, else offline
+    wandb_mode: str | None = None  # online | offline; null = $WANDB_MODE, else offline
 
 
 @dataclass
@@ -62,7 +62,7 @@ class RootConfig:
     device: str = "auto"
     results_dir: str = "results"
     run: str = "default"
-    resume: Optional[str] = None
+    resume: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)

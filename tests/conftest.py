@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -41,3 +42,16 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 def strip_time(records: list[dict]) -> list[dict]:
     """Metrics without wall-clock keys, for exact comparisons."""
     return [{k: v for k, v in r.items() if not k.startswith("time")} for r in records]
+
+
+def quiet(tmp_path: Path, eval_episodes: int = 20, **train: object) -> list[str]:
+    """Overrides for a quiet training run into ``tmp_path``: small evals, no checkpoints or logs between."""
+    t = {"eval_episodes": eval_episodes, "eval_envs": eval_episodes, "checkpoint_interval": 10**9,
+         "log_interval": 10**9, **train}
+    return [f"results_dir={tmp_path}", "device=cpu", "logger.progress=false"] + [f"train.{k}={v}" for k, v in t.items()]
+
+
+def eval_records(seed_dir: Path) -> list[dict]:
+    """The evaluation lines of a run's metrics.jsonl."""
+    lines = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if "eval/return_mean" in x]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from marlcli import results
 from marlcli.trainer import train
 

@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from conftest import eval_records, make_cfg
+from conftest import quiet as _quiet
 from omegaconf import DictConfig
 
-from marlcli import config, results
+from marlcli import results
 from marlcli.algos import coma, maddpg
 from marlcli.cli import main
 from marlcli.envs import make_env
@@ -23,19 +23,14 @@ from marlcli.trainer import train
 
 
 def compose(overrides: list[str]) -> DictConfig:
-    config.register()
-    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base=None):
-        return hydra_compose("config", overrides=overrides)
+    return make_cfg(*overrides)
 
 
 def quiet(tmp_path, **train_kw) -> list[str]:  # noqa: ANN001
-    t = {"eval_episodes": 50, "eval_envs": 50, "checkpoint_interval": 10**9, "log_interval": 10**9, **train_kw}
-    return [f"results_dir={tmp_path}", "device=cpu", "logger.progress=false"] + [f"train.{k}={v}" for k, v in t.items()]
+    return _quiet(tmp_path, **{"eval_episodes": 50, **train_kw})
 
 
-def evals(seed_dir) -> list[dict]:  # noqa: ANN001
-    lines = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
-    return [x for x in lines if "eval/return_mean" in x]
+evals = eval_records
 
 
 SPREAD_C = ["algo=maddpg", "env=spread", "env.backend=native", "env.continuous_actions=true"]
@@ -133,7 +128,7 @@ def test_coma_learns_discrete_spread(tmp_path) -> None:  # noqa: ANN001
 def _with_untrained_role(actor: torch.nn.Module, fresh: torch.nn.Module, group: int) -> torch.nn.Module:
     """A copy of ``actor`` whose role ``group`` uses ``fresh``'s (untrained) weights (sharing=role)."""
     mixed = copy.deepcopy(actor)
-    for m, f in zip(mixed.modules(), fresh.modules()):
+    for m, f in zip(mixed.modules(), fresh.modules(), strict=True):
         if isinstance(m, GroupLinear):
             m.weight.data[group] = f.weight.data[group]
             m.bias.data[group] = f.bias.data[group]

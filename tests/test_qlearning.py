@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from conftest import eval_records, make_cfg
+from conftest import quiet as _quiet
 from omegaconf import DictConfig
 
-from marlcli import config
 from marlcli.buffers import EpisodeReplay, Rollout
 from marlcli.cli import main
 from marlcli.envs import make_env
@@ -22,19 +21,14 @@ ALGOS = ("iql", "vdn", "qmix")
 
 
 def compose(overrides: list[str]) -> DictConfig:
-    config.register()
-    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base=None):
-        return hydra_compose("config", overrides=overrides)
+    return make_cfg(*overrides)
 
 
 def quiet(tmp_path, **train) -> list[str]:  # noqa: ANN001
-    t = {"eval_episodes": 20, "eval_envs": 20, "checkpoint_interval": 10**9, "log_interval": 10**9, **train}
-    return [f"results_dir={tmp_path}", "device=cpu", "logger.progress=false"] + [f"train.{k}={v}" for k, v in t.items()]
+    return _quiet(tmp_path, **{"eval_episodes": 20, **train})
 
 
-def evals(seed_dir) -> list[dict]:  # noqa: ANN001
-    lines = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
-    return [x for x in lines if "eval/return_mean" in x]
+evals = eval_records
 
 
 # ----------------------------------------------------------------------------- mixers

@@ -1,6 +1,6 @@
 """Coordination game: independent learners vs value decomposition, with and without optimism.
 
-    python experiments/coordination_game/run.py [results_dir=results/coordination_game] [seeds=20]
+    python experiments/coordination_game/run.py [results_dir=results/experiments/coordination_game] [seeds=20]
 
 Trains marlcli's own IQL, VDN and QMIX (``marlcli.algos.qlearning`` on the native batched
 ``env=coordination``) over ``seeds`` seeds for penalties -10 and -30, with and without
@@ -36,7 +36,7 @@ NUM_ENVS = 100  # episodes collected per update
 DEEP = ["env=coordination", "env.backend=native", f"env.num_envs={NUM_ENVS}", "device=cpu",
         "algo.rollout_steps=1", "algo.eps_start=1.0", "algo.eps_end=0.1", "algo.eps_anneal_steps=3600",
         "algo.batch_episodes=128", "algo.learning_starts=128", "algo.replay_ratio=2.56", "algo.lr=0.003",
-        "algo.hidden=32", "algo.layers=1"]
+        "algo.hidden=32", "algo.layers=1", "algo.max_grad_norm=10.0"]  # pinned: independent of spread-tuned defaults
 
 
 def deep_cfg(algo: str, penalty: float, neg_td_scale: float | None) -> DictConfig:
@@ -108,7 +108,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str]) -> None:
     args = dict(a.split("=", 1) for a in argv)
-    out = Path(args.get("results_dir", "results/coordination_game"))
+    out = Path(args.get("results_dir", "results/experiments/coordination_game"))
     seeds = range(int(args.get("seeds", 20)))
     torch.set_num_threads(1)
     config.register()

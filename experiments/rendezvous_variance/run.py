@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,12 +147,12 @@ def plot(sweep: dict[str, dict[str, float]], ns: tuple[int, ...], cs: tuple[floa
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for cp in cs:
-        get = lambda k, n: sweep[f"n={n},coupling={cp}"][k]  # noqa: E731
+        get = lambda k, n, cp=cp: sweep[f"n={n},coupling={cp}"][k]  # noqa: E731
         ok = [n for n in ns if all(np.isfinite(get(k, n)) and get(k, n) < 1e6 for k in CRITICS)]  # drop diverged
         axes[0].plot(ok, [get("independent", n) / get("central", n) for n in ok], "o-", label=f"coupling {cp}")
         axes[1].plot(ok, [get("central", n) / get("counterfactual", n) for n in ok], "o-", label=f"coupling {cp}")
     for ax, title in zip(axes, ("independent / central (batch-mean baseline)",
-                                "central / counterfactual (sees a_-i)")):
+                                "central / counterfactual (sees a_-i)"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("agents n")
         ax.set_ylabel("policy-gradient variance ratio")

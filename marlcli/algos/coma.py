@@ -141,7 +141,7 @@ class COMA:
             nn.utils.clip_grad_norm_(self.critic.parameters(), a.max_grad_norm)
             self.critic_optim.step()
         with torch.no_grad():
-            for t, s in zip(self.critic_target.parameters(), self.critic.parameters()):
+            for t, s in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
                 t.lerp_(s, a.tau)
             q_all = self.critic(r.obs, r.state, r.actions)
         for _ in range(a.actor_epochs):

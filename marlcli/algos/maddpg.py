@@ -124,7 +124,7 @@ def make(spec: EnvSpec, cfg: DictConfig, device: torch.device) -> MADDPG:
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging: ``target <- (1 - tau) target + tau source``."""
     with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
+        for t, s in zip(target.parameters(), source.parameters(), strict=True):
             t.lerp_(s, tau)
 
 

@@ -8,7 +8,6 @@ each agent's own argmax and decentralized greedy execution is consistent.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 

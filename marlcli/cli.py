@@ -345,7 +345,10 @@ def print_eval_table(rows: list[dict[str, Any]]) -> None:
         table.add_row("all", "", f"{sum(r['episodes'] for r in rows):.0f}",
                       f"{m:.3f} ± {1.96 * sd / math.sqrt(len(means)):.3f}",
                       *[f"{sum(r[k] for r in rows) / len(rows):.3f}" for k in agents + roles + extra])
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or logged: do not squeeze the columns into 80 characters
+        console = Console(width=200)
+    console.print(table)
 
 
 def entry() -> None:

@@ -116,7 +116,7 @@ class PettingZooVecEnv:
         if self._has_state:
             try:
                 state_dim = int(np.asarray(first.state()).size)
-            except Exception:  # PettingZoo raises NotImplementedError when absent
+            except Exception:  # PettingZoo envs without a global state raise here
                 self._has_state = False
         if not self._has_state:
             state_dim = sum(obs_dims)

@@ -136,6 +136,8 @@ def train_main(args: list[str]) -> int:
 
     config.register()
     flags, overrides = _split(args)
+    # factory kwargs are free-form (any ParallelEnv's arguments): set them, never reject them as unknown keys
+    overrides = [f"++{o}" if o.startswith(("env.kwargs=", "env.kwargs.")) else o for o in overrides]
     if "--help" in flags or "-h" in flags:
         print(train_help(overrides))
         return 0

@@ -249,3 +249,17 @@ def test_incompatible_pair_is_rejected(compose_cfg) -> None:
 def test_continuous_mappo_runs(compose_cfg) -> None:
     out = train(compose_cfg("env.continuous_actions=true", "train.total_steps=200", "sharing=none"))
     assert results.read_metrics(out / "metrics.jsonl")[-1]["eval/return_mean"] < 0
+
+
+def test_pettingzoo_factory_kwargs_from_the_command_line(tmp_path: Path) -> None:
+    """`env=pettingzoo env.factory=... env.kwargs={...}` passes free-form kwargs to the factory."""
+    args = ["train", "env=pettingzoo", "env.factory=mpe2.simple_spread_v3:parallel_env", "env.kwargs={N:2}",
+            "env.name=spread2", "env.num_envs=2", "train.total_steps=100", "train.eval_episodes=2",
+            "train.eval_envs=2", "run=kw", f"results_dir={tmp_path}", "logger.progress=false"]
+    proc = _marl(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    evals = [r for r in results.read_metrics(tmp_path / "spread2" / "mappo" / "kw" / "seed_0" / "metrics.jsonl")
+             if "eval/return_mean" in r]
+    assert set(k for k in evals[-1] if k.startswith("eval/return/")) == {"eval/return/agent_0", "eval/return/agent_1"}
+    bad = _marl("train", "env=pettingzoo", "env.kwargs={bogus:1}", cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "bogus" in bad.stderr

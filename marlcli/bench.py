@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 THRESHOLDS = (-12.0, -10.0, -8.5)
+# The targets of issue 7, per algorithm: (return, within seconds; None = by the end of the default budget).
+TARGETS: dict[str, list[tuple[float, float | None]]] = {
+    "vdn": [(-10.0, 60.0), (-8.5, None)], "qmix": [(-10.0, 60.0), (-8.5, None)],
+    "iql": [(-11.0, 180.0)], "mappo": [(-12.0, 180.0)],
+}
 
 
 def run_train(out: Path, name: str, overrides: list[str], time_limit: float) -> list[dict[str, Any]]:
@@ -104,6 +109,10 @@ def section_ttr(out: Path, algos: list[str], seeds: int, time_limit: float) -> t
         bests = [max(r["eval/return_mean"] for r in e) for e in per_seed if e]
         within60 = [max((r["eval/return_mean"] for r in e if r["time_s"] <= 60), default=None) for e in per_seed]
         within180 = [max((r["eval/return_mean"] for r in e if r["time_s"] <= 180), default=None) for e in per_seed]
+        entry["targets"] = {
+            f"{ret} within {'budget' if sec is None else f'{sec:.0f}s'}":
+                sum(any(r["eval/return_mean"] >= ret and (sec is None or r["time_s"] <= sec) for r in e) for e in per_seed)
+            for ret, sec in TARGETS.get(algo, [])}
         entry.update({"final_return": finals, "best_return": bests, "best_within_60s": within60,
                       "best_within_180s": within180,
                       "final_time_s": [e[-1]["time_s"] for e in per_seed if e]})
@@ -179,6 +188,11 @@ def markdown(bench: dict[str, Any]) -> str:
             fmt = lambda xs: ", ".join("-" if x is None else f"{x:.1f}" for x in xs)  # noqa: E731
             lines.append(f"| {algo} | {e['seeds']} | {' | '.join(cells)} | {fmt(e['best_within_60s'])} | "
                          f"{fmt(e['best_within_180s'])} | {fmt(e['final_return'])} |")
+        lines += ["", "Targets (issue 7): seeds that reached the return within the time", "",
+                  "| algo | target | seeds |", "|---|---|---|"]
+        for algo, e in ttr.items():
+            for name, met in e.get("targets", {}).items():
+                lines.append(f"| {algo} | ≥ {name} | {met}/{e['seeds']} |")
         lines += ["", "![time to return](time_to_return.png)", ""]
     return "\n".join(lines)
 

@@ -46,13 +46,19 @@ def td_lambda(
     ``G_t = r_t + γ (1 - term_t) ((1 - λ c_t) V_{t+1} + λ c_t G_{t+1})``. Returns ``[T, B, K]``.
     """
     nt = (~terminated).to(rewards.dtype)
-    c = cont.to(rewards.dtype)
-    out = torch.empty_like(rewards)
-    g = next_values[-1]
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        g = rewards[t] + gamma * nt[t] * (next_values[t] + lam * c[t] * (g - next_values[t]))
-        out[t] = g
-    return out
+    c = cont.to(rewards.dtype).clone()
+    c[-1] = 0.0  # the last step bootstraps fully from its next value
+    # G_t = y_t + a_t G_{t+1}: unrolled, G = M y with M[t, k] = prod_{t <= j < k} a_j (k >= t).
+    # One batched matrix product instead of a T-step Python loop: the learner calls this
+    # every gradient step, where the loop's ~200 tiny ops cost more than the network.
+    y = rewards + gamma * nt * (1.0 - lam * c) * next_values
+    a = (gamma * lam) * nt * c
+    y, a = y.movedim(0, -1), a.movedim(0, -1)  # [B, K, T]
+    steps = rewards.shape[0]
+    upper = torch.ones(steps, steps, dtype=torch.bool, device=rewards.device).triu()  # [t, j]: j >= t
+    prods = torch.where(upper, a[..., None, :], 1.0).cumprod(-1)  # [t, j] = prod_{t <= j' <= j} a_j'
+    m = torch.cat([torch.ones_like(prods[..., :1]), prods[..., :-1]], -1) * upper  # [t, k] = prod_{t <= j < k}
+    return (m @ y[..., None]).squeeze(-1).movedim(-1, 0)
 
 
 def nstep_returns(

@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from marlcli import config
+from marlcli import config, results
+from marlcli.trainer import train
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("WANDB_MODE", "disabled")  # tests never touch the network
@@ -55,3 +56,29 @@ def eval_records(seed_dir: Path) -> list[dict]:
     """The evaluation lines of a run's metrics.jsonl."""
     lines = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
     return [x for x in lines if "eval/return_mean" in x]
+
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL in ``train_killed_after``."""
+
+
+def train_killed_after(cfg: DictConfig, step: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Train ``cfg`` and stop it dead right after its step-``step`` checkpoint; returns its seed dir.
+
+    Unlike a shorter budget, this interrupts the same run, so everything that depends on
+    ``train.total_steps`` (learning-rate schedules) must also continue exactly on resume.
+    """
+    real = results.save_checkpoint
+
+    def save_then_die(ckpt_dir: Path, at: int, payload: dict, keep: int = 0) -> Path:
+        path = real(ckpt_dir, at, payload, keep)
+        if at >= step:
+            raise Killed
+        return path
+
+    with monkeypatch.context() as m:
+        m.setattr(results, "save_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            train(cfg)
+    return results.seed_dir(cfg)

@@ -147,8 +147,9 @@ def test_results_tree_and_checkpoint_contract(compose_cfg) -> None:
 
 @pytest.mark.parametrize("backend", ["native", "pettingzoo"])
 def test_resume_continues_exactly(compose_cfg, tmp_path: Path, backend: str) -> None:
+    # extending a run's budget continues it exactly when nothing depends on train.total_steps
     common = [f"env.backend={backend}", "train.eval_interval=200", "train.checkpoint_interval=200",
-              "train.log_interval=100"]
+              "train.log_interval=100", "algo.lr_schedule=constant"]
     full = train(compose_cfg("run=full", "train.total_steps=600", *common))
     half = train(compose_cfg("run=half", "train.total_steps=300", *common))
     resumed = train(compose_cfg(f"resume={half}", "train.total_steps=600"))

@@ -6,13 +6,15 @@ import json
 
 import pytest
 import torch
-from conftest import eval_records, make_cfg
+from conftest import eval_records, make_cfg, train_killed_after
 from conftest import quiet as _quiet
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from marlcli.algos.base import schedule_lr
 from marlcli.buffers import EpisodeReplay, Rollout
 from marlcli.cli import main
 from marlcli.envs import make_env
+from marlcli.errors import ConfigError
 from marlcli.nets.mixers import QMixer, VDNMixer
 from marlcli.returns import nstep_returns, td_lambda
 from marlcli.trainer import train
@@ -91,6 +93,31 @@ def test_td_lambda_and_nstep_against_hand_values() -> None:
     torch.testing.assert_close(td_lambda(r, v, term, cont, g, 1.0).flatten()[:2], torch.tensor([1 + g * 2, 2.0]))
 
 
+def test_td_lambda_matches_the_recursion_with_terminations_and_episode_ends() -> None:
+    """The matrix form equals the backward recursion G_t = r_t + γ(1-d_t)((1-λc_t)V_t' + λc_t G_{t+1})."""
+    gen = torch.Generator().manual_seed(0)
+    t, b, k, gamma, lam = 9, 6, 3, 0.9, 0.6
+    r, v = torch.randn(t, b, k, generator=gen, dtype=torch.float64), torch.randn(t, b, k, generator=gen, dtype=torch.float64)
+    term = torch.rand(t, b, k, generator=gen) < 0.15
+    cont = torch.rand(t, b, k, generator=gen) < 0.8
+    expected, g = torch.empty_like(r), v[-1]
+    for i in range(t - 1, -1, -1):
+        c = cont[i].double() if i < t - 1 else torch.zeros_like(v[i])
+        g = r[i] + gamma * (~term[i]).double() * ((1 - lam * c) * v[i] + lam * c * g)
+        expected[i] = g
+    torch.testing.assert_close(td_lambda(r, v, term, cont, gamma, lam), expected)
+
+
+def test_linear_lr_schedule_and_bad_schedule() -> None:
+    optim = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    a = OmegaConf.create({"lr": 0.004, "lr_schedule": "linear", "lr_end": 0.001})
+    assert [schedule_lr(optim, a, s, 100) for s in (0, 50, 100, 150)] == pytest.approx([0.004, 0.0025, 0.001, 0.001])
+    assert optim.param_groups[0]["lr"] == pytest.approx(0.001)
+    assert schedule_lr(optim, OmegaConf.create({"lr": 0.004, "lr_schedule": "constant", "lr_end": 0.0}), 99, 100) == 0.004
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        schedule_lr(optim, OmegaConf.create({"lr": 0.004, "lr_schedule": "cosine", "lr_end": 0.0}), 0, 100)
+
+
 # ----------------------------------------------------------------------------- replay
 def _rollout(done: list[list[bool]], n: int = 2, o: int = 3) -> Rollout:
     t, b = len(done), len(done[0])
@@ -145,18 +172,21 @@ def test_vdn_with_optimism_reaches_the_optimum_on_coordination(tmp_path) -> None
 
 # ----------------------------------------------------------------------------- resume, eval, errors
 @pytest.mark.parametrize("algo", ALGOS)
-def test_resume_is_exact_and_eval_works(tmp_path, algo: str) -> None:  # noqa: ANN001
+def test_resume_is_exact_and_eval_works(tmp_path, algo: str, monkeypatch) -> None:  # noqa: ANN001
     base = [f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=8", "algo.batch_episodes=8",
             "algo.learning_starts=8", "algo.agent=rnn", "algo.last_action=true"] if algo == "qmix" else \
            [f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=8", "algo.batch_episodes=8",
             "algo.learning_starts=8"]
     t = {"eval_interval": 400, "checkpoint_interval": 400, "log_interval": 200}
     full = train(compose(base + [*quiet(tmp_path / "a", total_steps=800, **t)]))
-    half = train(compose(base + [*quiet(tmp_path / "b", total_steps=400, **t)]))
-    resumed = train(compose(base + [*quiet(tmp_path / "b", total_steps=800, **t), f"resume={half}"]))
+    # killed after the step-400 checkpoint (the lr schedule, ε and replay all continue from it)
+    cut = train_killed_after(compose(base + [*quiet(tmp_path / "b", total_steps=800, **t)]), 400, monkeypatch)
+    resumed = train(compose(base + [*quiet(tmp_path / "b", total_steps=800, **t), f"resume={cut}"]))
+    assert resumed == cut
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "time/sps")} for r in rows]  # noqa: E731
     read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert strip(read(resumed)) == strip(read(full))
+    assert any(r.get("train/lr", 1.0) < 0.5 * float(compose(base)["algo"]["lr"]) for r in read(full))  # decayed
     assert main(["eval", str(full), "episodes=4", "device=cpu"]) == 0
 
 

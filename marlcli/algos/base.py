@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor, nn
 
 from marlcli.buffers import Rollout
 from marlcli.envs.base import TimeStep
+from marlcli.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,22 @@ class Algorithm(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def schedule_lr(optim: torch.optim.Optimizer, a: Any, step: int, total_steps: int) -> float:
+    """Set the learning rate for env step ``step`` from ``algo.lr_schedule`` and return it.
+
+    ``constant`` keeps ``algo.lr``; ``linear`` falls from ``algo.lr`` to ``algo.lr_end`` at
+    ``train.total_steps`` (late updates refine instead of undoing a good policy). A function
+    of the step alone, so resuming from a checkpoint continues the same schedule.
+    """
+    if a.lr_schedule == "constant":
+        lr = float(a.lr)
+    elif a.lr_schedule == "linear":
+        frac = min(1.0, step / max(1, total_steps))
+        lr = float(a.lr) + frac * (float(a.lr_end) - float(a.lr))
+    else:
+        raise ConfigError(f"unknown algo.lr_schedule '{a.lr_schedule}': use constant or linear")
+    for group in optim.param_groups:
+        group["lr"] = lr
+    return lr

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
-from marlcli.algos.base import Capabilities
+from marlcli.algos.base import Capabilities, schedule_lr
 from marlcli.buffers import Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.nets import AgentMLP, RunningNorm, agent_groups, with_agent_id
@@ -35,6 +35,8 @@ class Config:
     family: str = "ppo"
     rollout_steps: int = 25  # T: steps per env copy between updates
     lr: float = 7e-4
+    lr_schedule: str = "constant"  # constant | linear (to lr_end at train.total_steps)
+    lr_end: float = 0.0  # final learning rate of the linear schedule
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip: float = 0.2
@@ -126,6 +128,8 @@ class PPO:
         self.value_norm = RunningNorm().to(device)
         self.params = list(self.actor.parameters()) + list(self.critic.parameters())
         self.optim = torch.optim.Adam(self.params, lr=a.lr, eps=1e-5)
+        self.total_steps = int(cfg.train.total_steps)
+        schedule_lr(self.optim, a, 0, self.total_steps)  # a bad schedule fails at start-up
 
     def act(self, ts: TimeStep, hidden: Tensor | None, step: int) -> tuple[Tensor, None]:
         with torch.no_grad():
@@ -137,6 +141,7 @@ class PPO:
 
     def update(self, r: Rollout, step: int) -> dict[str, Any]:
         a = self.cfg
+        lr = schedule_lr(self.optim, a, step, self.total_steps)
         with torch.no_grad():
             values = self._values(r.obs, r.state)
             next_values = self._values(r.next_obs, r.next_state)
@@ -172,7 +177,7 @@ class PPO:
         with torch.no_grad():
             approx_kl = (((ratio - 1) - (logp - logp_old[idx])) * m).sum() / denom
         stats = {"loss/policy": pg_loss.detach(), "loss/value": v_loss.detach(), "loss/entropy": entropy.detach(),
-                 "train/approx_kl": approx_kl, "train/grad_norm": grad_norm.detach()}
+                 "train/approx_kl": approx_kl, "train/grad_norm": grad_norm.detach(), "train/lr": lr}
         return stats
 
     def state_dict(self) -> dict[str, Any]:

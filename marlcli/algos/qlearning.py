@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from marlcli.algos.base import Capabilities
+from marlcli.algos.base import Capabilities, schedule_lr
 from marlcli.buffers import EpisodeReplay, Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.errors import ConfigError
@@ -58,6 +58,8 @@ class Config:
     replay_ratio: float = 4.0  # episodes sampled per new episode (sets gradient steps per rollout)
     learning_starts: int = 32  # episodes in the buffer before learning starts
     lr: float = 0.003  # Adam learning rate
+    lr_schedule: str = "constant"  # constant | linear (to lr_end at train.total_steps)
+    lr_end: float = 0.0  # final learning rate of the linear schedule
     adam_eps: float = 1e-5
     gamma: float = 0.99
     returns: str = "lambda"  # lambda (TD(λ)) | nstep
@@ -175,6 +177,8 @@ class QLearner:
         self.replay = EpisodeReplay(a.buffer_episodes, int(cfg.env.num_envs), spec.episode_limit, spec.n_agents,
                                     spec.obs_dim, spec.state_dim, spec.act_dim, device)
         self.updates, self.credit = 0, 0.0  # gradient steps done; episodes' worth of steps owed
+        self.total_steps = int(cfg.train.total_steps)
+        schedule_lr(self.optim, a, 0, self.total_steps)  # a bad schedule fails at start-up
 
     def epsilon(self, step: int) -> float:
         a = self.cfg
@@ -190,7 +194,9 @@ class QLearner:
         if a.standardise_rewards:
             self.reward_norm.update(rollout.reward)
         new = self.replay.add(rollout)
-        metrics: dict[str, Any] = {"train/epsilon": self.epsilon(step), "train/buffer_episodes": self.replay.size}
+        lr = schedule_lr(self.optim, a, step, self.total_steps)
+        metrics: dict[str, Any] = {"train/epsilon": self.epsilon(step), "train/buffer_episodes": self.replay.size,
+                                   "train/lr": lr}
         if self.replay.size < max(1, a.learning_starts):
             return metrics
         self.credit += new * a.replay_ratio / a.batch_episodes

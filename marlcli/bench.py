@@ -43,11 +43,24 @@ def run_train(out: Path, name: str, overrides: list[str], time_limit: float) -> 
                        check=False)
     except subprocess.TimeoutExpired:
         pass  # cut off: metrics.jsonl holds everything up to now
+    return read_evals(results_dir, name)
+
+
+def read_evals(results_dir: Path, name: str) -> list[dict[str, Any]]:
+    """The eval records of run ``name`` under ``results_dir`` (empty if it never started)."""
     files = sorted(results_dir.glob(f"*/*/{name}/seed_*/metrics.jsonl"))
     if not files:
         return []
     lines = [json.loads(ln) for ln in files[0].read_text().splitlines() if ln.strip()]
     return [r for r in lines if "eval/return_mean" in r]
+
+
+def targets_met(algo: str, per_seed: list[list[dict[str, Any]]]) -> dict[str, int]:
+    """Per issue-7 target of ``algo``: how many seeds' eval records reached it in time."""
+    return {f"{ret} within {'budget' if sec is None else f'{sec:.0f}s'}":
+            sum(any(r["eval/return_mean"] >= ret and (sec is None or r["time_s"] <= sec) for r in evals)
+                for evals in per_seed)
+            for ret, sec in TARGETS.get(algo, [])}
 
 
 def first_time(evals: list[dict[str, Any]], threshold: float) -> float | None:
@@ -85,16 +98,14 @@ def section_backends(out: Path, time_limit: float) -> dict[str, Any]:
     return res
 
 
-def section_ttr(out: Path, algos: list[str], seeds: int, time_limit: float) -> tuple[dict[str, Any], dict]:
+def section_ttr(out: Path, algos: list[str], seeds: int, time_limit: float) -> dict[str, Any]:
     res: dict[str, Any] = {}
-    curves: dict[str, list[list[tuple[float, float]]]] = {}
     for algo in algos:
         per_seed = []
         for seed in range(seeds):
             evals = run_train(out, f"ttr-{algo}-s{seed}", [f"algo={algo}", "env=spread", f"seed={seed}"],
                               time_limit)
             per_seed.append(evals)
-            curves.setdefault(algo, []).append([(r["time_s"], r["eval/return_mean"]) for r in evals])
             print(f"  {algo} seed {seed}: " + ", ".join(
                 f"{t}: {first_time(evals, t)}" for t in THRESHOLDS) +
                 f", final {evals[-1]['eval/return_mean']:.2f}" if evals else "no evals")
@@ -109,15 +120,18 @@ def section_ttr(out: Path, algos: list[str], seeds: int, time_limit: float) -> t
         bests = [max(r["eval/return_mean"] for r in e) for e in per_seed if e]
         within60 = [max((r["eval/return_mean"] for r in e if r["time_s"] <= 60), default=None) for e in per_seed]
         within180 = [max((r["eval/return_mean"] for r in e if r["time_s"] <= 180), default=None) for e in per_seed]
-        entry["targets"] = {
-            f"{ret} within {'budget' if sec is None else f'{sec:.0f}s'}":
-                sum(any(r["eval/return_mean"] >= ret and (sec is None or r["time_s"] <= sec) for r in e) for e in per_seed)
-            for ret, sec in TARGETS.get(algo, [])}
+        entry["targets"] = targets_met(algo, per_seed)
         entry.update({"final_return": finals, "best_return": bests, "best_within_60s": within60,
                       "best_within_180s": within180,
                       "final_time_s": [e[-1]["time_s"] for e in per_seed if e]})
         res[algo] = entry
-    return res, curves
+    return res
+
+
+def ttr_curves(out: Path, ttr: dict[str, Any]) -> dict[str, list[list[tuple[float, float]]]]:
+    """(wall s, return) per eval, per seed, per algorithm, read back from the runs' metrics."""
+    return {algo: [[(r["time_s"], r["eval/return_mean"]) for r in read_evals(out / "runs", f"ttr-{algo}-s{seed}")]
+                   for seed in range(e["seeds"])] for algo, e in ttr.items()}
 
 
 def plot_curves(curves: dict[str, list[list[tuple[float, float]]]], path: Path) -> None:
@@ -219,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         bench["backends"] = section_backends(out, a.time_limit)
     if "ttr" in sections:
         print("time to return ...")
-        ttr, curves = section_ttr(out, a.algos.split(","), a.seeds, a.time_limit)
-        bench["time_to_return"] = ttr
-        plot_curves(curves, out / "time_to_return.png")
+        # merged per algorithm, so `--algos iql` re-measures one without dropping the others
+        bench["time_to_return"] = {**bench.get("time_to_return", {}),
+                                   **section_ttr(out, a.algos.split(","), a.seeds, a.time_limit)}
+        plot_curves(ttr_curves(out, bench["time_to_return"]), out / "time_to_return.png")
     path.write_text(json.dumps(bench, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(bench))
     print(markdown(bench))

@@ -177,6 +177,7 @@ def test_resume_is_exact_and_eval_works(tmp_path, algo: str, monkeypatch) -> Non
             "algo.learning_starts=8", "algo.agent=rnn", "algo.last_action=true"] if algo == "qmix" else \
            [f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=8", "algo.batch_episodes=8",
             "algo.learning_starts=8"]
+    base += ["algo.lr_schedule=linear"]  # the schedule must continue exactly too
     t = {"eval_interval": 400, "checkpoint_interval": 400, "log_interval": 200}
     full = train(compose(base + [*quiet(tmp_path / "a", total_steps=800, **t)]))
     # killed after the step-400 checkpoint (the lr schedule, ε and replay all continue from it)

@@ -191,6 +191,13 @@ def test_resume_is_exact_and_eval_works(tmp_path, algo: str, monkeypatch) -> Non
     assert main(["eval", str(full), "episodes=4", "device=cpu"]) == 0
 
 
+def test_unknown_lr_schedule_is_a_one_line_error(tmp_path, capsys) -> None:  # noqa: ANN001
+    code = main(["train", "algo=vdn", "algo.lr_schedule=cosine", f"results_dir={tmp_path}", "logger.progress=false",
+                 "train.total_steps=100"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "lr_schedule" in err
+
+
 def test_qmix_on_continuous_actions_is_a_one_line_error(tmp_path, capsys) -> None:  # noqa: ANN001
     code = main(["train", "algo=qmix", "env=spread", "env.continuous_actions=true", f"results_dir={tmp_path}",
                  "logger.progress=false", "train.total_steps=100"])

@@ -65,6 +65,11 @@ class Algorithm(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def linear(start: float, end: float, step: int, steps: int) -> float:
+    """``start`` at step 0 moving linearly to ``end`` at ``steps``, then held (ε and lr schedules)."""
+    return start + min(1.0, step / max(1, steps)) * (end - start)
+
+
 def schedule_lr(optim: torch.optim.Optimizer, a: Any, step: int, total_steps: int) -> float:
     """Set the learning rate for env step ``step`` from ``algo.lr_schedule`` and return it.
 
@@ -75,8 +80,7 @@ def schedule_lr(optim: torch.optim.Optimizer, a: Any, step: int, total_steps: in
     if a.lr_schedule == "constant":
         lr = float(a.lr)
     elif a.lr_schedule == "linear":
-        frac = min(1.0, step / max(1, total_steps))
-        lr = float(a.lr) + frac * (float(a.lr_end) - float(a.lr))
+        lr = linear(float(a.lr), float(a.lr_end), step, total_steps)
     else:
         raise ConfigError(f"unknown algo.lr_schedule '{a.lr_schedule}': use constant or linear")
     for group in optim.param_groups:

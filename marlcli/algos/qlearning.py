@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from marlcli.algos.base import Capabilities, schedule_lr
+from marlcli.algos.base import Capabilities, linear, schedule_lr
 from marlcli.buffers import EpisodeReplay, Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.errors import ConfigError
@@ -182,8 +182,7 @@ class QLearner:
 
     def epsilon(self, step: int) -> float:
         a = self.cfg
-        frac = min(1.0, step / max(1, a.eps_anneal_steps))
-        return a.eps_start + frac * (a.eps_end - a.eps_start)
+        return linear(a.eps_start, a.eps_end, step, a.eps_anneal_steps)
 
     def act(self, ts: TimeStep, hidden: Tensor | None, step: int) -> tuple[Tensor, Tensor | None]:
         with torch.no_grad():

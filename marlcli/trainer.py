@@ -51,6 +51,26 @@ def resolve_device(name: str, job_num: int | None = None, gpus: int | None = Non
         raise ConfigError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
 
 
+def keep_freed_memory() -> None:
+    """Tell glibc malloc to keep freed blocks instead of returning them to the OS.
+
+    A learner step allocates a few MB of activations and frees them again; by default
+    glibc unmaps (or trims) those blocks and the next step page-faults them back in. On
+    the 2-core VM that cost about a fifth of the VDN learner's time (564k page faults in
+    80 rollouts and their updates, 83k with this; issue 7). Does nothing off glibc.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # mallopt parameters (malloc.h)
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # blocks below 32 MB come from the heap
+    libc.mallopt(m_trim_threshold, 256 << 20)  # keep up to 256 MB of free heap
+    libc.mallopt(m_top_pad, 16 << 20)
+
+
 def seed_everything(seed: int) -> None:
     """The one seeding function: same seed and config on CPU -> same metrics."""
     random.seed(seed)
@@ -93,6 +113,7 @@ def train(cfg: DictConfig) -> Path:
         return out
     job = os.environ.get("MARL_JOB_NUM")  # set by marlcli.sweep for multirun jobs
     device = resolve_device(str(cfg.device), job_num=int(job) if job else None)
+    keep_freed_memory()
     seed_everything(int(cfg.seed))
     env = make_env(cfg.env, int(cfg.env.num_envs), int(cfg.seed), device)
     module = load_family(cfg.algo)

@@ -70,6 +70,15 @@ def linear(start: float, end: float, step: int, steps: int) -> float:
     return start + min(1.0, step / max(1, steps)) * (end - start)
 
 
+def adam(params: Any, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
+    """The one optimizer of every family: Adam with the fused kernel.
+
+    Fused is one kernel over all parameters instead of a chain of foreach ops: 5% off a
+    VDN gradient step on 2 CPU cores (issue 7), and it runs on CUDA as well.
+    """
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+
+
 def schedule_lr(optim: torch.optim.Optimizer, a: Any, step: int, total_steps: int) -> float:
     """Set the learning rate for env step ``step`` from ``algo.lr_schedule`` and return it.
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from marlcli.algos.base import Capabilities
+from marlcli.algos.base import Capabilities, adam
 from marlcli.algos.ppo import PolicyActor
 from marlcli.buffers import Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
@@ -111,8 +111,8 @@ class COMA:
         self.critic = CounterfactualCritic(spec, cfg.critic.type == "centralized", a.hidden, a.layers,
                                            a.activation).to(device)
         self.critic_target = copy.deepcopy(self.critic)
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=a.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=a.critic_lr)
+        self.actor_optim = adam(self.actor.parameters(), a.actor_lr)
+        self.critic_optim = adam(self.critic.parameters(), a.critic_lr)
 
     def act(self, ts: TimeStep, hidden: Tensor | None, step: int) -> tuple[Tensor, None]:
         with torch.no_grad():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from marlcli.algos.base import Capabilities
+from marlcli.algos.base import Capabilities, adam
 from marlcli.buffers import Rollout, TransitionReplay
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.nets import AgentMLP, agent_groups, with_agent_id
@@ -139,8 +139,8 @@ class MADDPG:
         self.critic = QCritic(spec, cfg.critic.type == "centralized", cfg.sharing.mode, a.hidden, a.layers,
                               a.activation).to(device)
         self.actor_target, self.critic_target = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=a.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=a.critic_lr)
+        self.actor_optim = adam(self.actor.parameters(), a.actor_lr)
+        self.critic_optim = adam(self.critic.parameters(), a.critic_lr)
         self.replay = TransitionReplay(a.buffer_size, device)
         self.act_mask = spec.action_mask().to(device)
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
-from marlcli.algos.base import Capabilities, schedule_lr
+from marlcli.algos.base import Capabilities, adam, schedule_lr
 from marlcli.buffers import Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.nets import AgentMLP, RunningNorm, agent_groups, with_agent_id
@@ -127,7 +127,7 @@ class PPO:
                                   a.layers, a.activation).to(device)
         self.value_norm = RunningNorm().to(device)
         self.params = list(self.actor.parameters()) + list(self.critic.parameters())
-        self.optim = torch.optim.Adam(self.params, lr=a.lr, eps=1e-5)
+        self.optim = adam(self.params, a.lr, 1e-5)
         self.total_steps = int(cfg.train.total_steps)
         schedule_lr(self.optim, a, 0, self.total_steps)  # a bad schedule fails at start-up
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from marlcli.algos.base import Capabilities, linear, schedule_lr
+from marlcli.algos.base import Capabilities, adam, linear, schedule_lr
 from marlcli.buffers import EpisodeReplay, Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.errors import ConfigError
@@ -172,7 +172,7 @@ class QLearner:
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False) if self.mixer is not None else None
         self.params = list(self.actor.parameters()) + (list(self.mixer.parameters()) if self.mixer else [])
-        self.optim = torch.optim.Adam(self.params, lr=a.lr, eps=a.adam_eps)
+        self.optim = adam(self.params, a.lr, a.adam_eps)
         self.reward_norm = RunningNorm(beta=0.999).to(device)
         self.replay = EpisodeReplay(a.buffer_episodes, int(cfg.env.num_envs), spec.episode_limit, spec.n_agents,
                                     spec.obs_dim, spec.state_dim, spec.act_dim, device)

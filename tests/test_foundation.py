@@ -264,3 +264,41 @@ def test_pettingzoo_factory_kwargs_from_the_command_line(tmp_path: Path) -> None
     assert set(k for k in evals[-1] if k.startswith("eval/return/")) == {"eval/return/agent_0", "eval/return/agent_1"}
     bad = _marl("train", "env=pettingzoo", "env.kwargs={bogus:1}", cwd=tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "bogus" in bad.stderr
+
+
+def test_keep_freed_memory_sets_glibc_thresholds(monkeypatch) -> None:  # noqa: ANN001
+    import ctypes
+
+    from marlcli.trainer import keep_freed_memory
+
+    calls: dict[int, int] = {}
+
+    class FakeLibc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls[param] = value
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    keep_freed_memory()
+    assert calls == {-3: 32 << 20, -1: 256 << 20, -2: 16 << 20}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
+
+    def no_glibc(name: str) -> None:
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", no_glibc)
+    keep_freed_memory()  # macOS, musl: nothing to tune, no error
+
+
+def test_shared_group_linear_is_x_times_weight_plus_bias() -> None:
+    from marlcli.nets.mlp import GroupLinear
+
+    torch.manual_seed(0)
+    layer = GroupLinear(7, 5, [0, 0, 0])
+    x = torch.randn(4, 3, 7, requires_grad=True)
+    out = layer(x)
+    ref = x @ layer.weight[0] + layer.bias[0]
+    torch.testing.assert_close(out, ref)
+    g_out = torch.autograd.grad(out.square().sum(), [x, layer.weight])
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, layer.weight])
+    for a, b in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b)

@@ -7,7 +7,10 @@ Sections (``--sections``, comma separated; results merge into ``results/bench/be
   with the native backend and with the mpe2 backend (same settings; cut off at a time limit).
 - ``ttr``: time to return for VDN, QMIX, IQL, MAPPO on spread, several seeds each: wall seconds
   (process start-up included) to reach -12, -10 and -8.5, mean and 95% CI, and learning curves
-  against wall time (``time_to_return.png``).
+  against wall time (``time_to_return.png``). Each seed's final actor is also evaluated on one
+  shared set of 2,000 episodes (``final_common``): the training evals use 100 episodes that
+  differ by seed, and which 100 a seed draws moves its return by more than the policies differ.
+- ``common``: only that shared-set evaluation, for the ``ttr`` runs already on disk.
 
 Every training run is a real ``marl train`` subprocess with the shipped defaults.
 """
@@ -98,6 +101,24 @@ def section_backends(out: Path, time_limit: float) -> dict[str, Any]:
     return res
 
 
+COMMON_EPISODES, COMMON_SEED = 2000, 7  # the shared evaluation set of every seed's final actor
+
+
+def common_eval(out: Path, algo: str, seeds: int) -> list[float | None]:
+    """Each seed's final checkpoint, decentralized and greedy, on the same 2,000 episodes."""
+    from marlcli.cli import evaluate_path
+    from marlcli.errors import MarlError
+
+    returns: list[float | None] = []
+    for seed in range(seeds):
+        ckpt = out / "runs" / "spread" / algo / f"ttr-{algo}-s{seed}" / f"seed_{seed}" / "checkpoints" / "latest.pt"
+        try:
+            returns.append(evaluate_path(ckpt, COMMON_EPISODES, COMMON_SEED, envs=COMMON_EPISODES)[0]["return_mean"])
+        except MarlError:  # run cut off before its first checkpoint
+            returns.append(None)
+    return returns
+
+
 def section_ttr(out: Path, algos: list[str], seeds: int, time_limit: float) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for algo in algos:
@@ -123,7 +144,8 @@ def section_ttr(out: Path, algos: list[str], seeds: int, time_limit: float) -> d
         entry["targets"] = targets_met(algo, per_seed)
         entry.update({"final_return": finals, "best_return": bests, "best_within_60s": within60,
                       "best_within_180s": within180,
-                      "final_time_s": [e[-1]["time_s"] for e in per_seed if e]})
+                      "final_time_s": [e[-1]["time_s"] for e in per_seed if e],
+                      "final_common": common_eval(out, algo, seeds)})
         res[algo] = entry
     return res
 
@@ -189,8 +211,9 @@ def markdown(bench: dict[str, Any]) -> str:
     ttr = bench.get("time_to_return")
     if ttr:
         lines += ["## Time to return on spread (wall seconds, start-up included; mean ± 95% CI over seeds)", "",
-                  "| algo | seeds | to -12 | to -10 | to -8.5 | best ≤ 60 s | best ≤ 180 s | final |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| algo | seeds | to -12 | to -10 | to -8.5 | best ≤ 60 s | best ≤ 180 s | final |"
+                  f" final, {COMMON_EPISODES} shared episodes |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for algo, e in ttr.items():
             cells = []
             for t in THRESHOLDS:
@@ -201,7 +224,8 @@ def markdown(bench: dict[str, Any]) -> str:
                     cells.append(f"{c['seconds_mean']:.0f} ± {c['seconds_ci95']:.0f} ({c['reached']}/{e['seeds']})")
             fmt = lambda xs: ", ".join("-" if x is None else f"{x:.1f}" for x in xs)  # noqa: E731
             lines.append(f"| {algo} | {e['seeds']} | {' | '.join(cells)} | {fmt(e['best_within_60s'])} | "
-                         f"{fmt(e['best_within_180s'])} | {fmt(e['final_return'])} |")
+                         f"{fmt(e['best_within_180s'])} | {fmt(e['final_return'])} | "
+                         f"{fmt(e.get('final_common', []))} |")
         lines += ["", "Targets (issue 7): seeds that reached the return within the time", "",
                   "| algo | target | seeds |", "|---|---|---|"]
         for algo, e in ttr.items():
@@ -214,7 +238,7 @@ def markdown(bench: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m marlcli.bench", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/bench", help="output folder")
-    p.add_argument("--sections", default="env,backends,ttr", help="env, backends, ttr (comma separated)")
+    p.add_argument("--sections", default="env,backends,ttr", help="env, backends, ttr, common (comma separated)")
     p.add_argument("--algos", default="vdn,qmix,iql,mappo", help="algorithms of the ttr section")
     p.add_argument("--seeds", type=int, default=5, help="seeds per algorithm in the ttr section")
     p.add_argument("--time-limit", type=float, default=360.0, help="seconds before a training run is cut off")
@@ -237,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         bench["time_to_return"] = {**bench.get("time_to_return", {}),
                                    **section_ttr(out, a.algos.split(","), a.seeds, a.time_limit)}
         plot_curves(ttr_curves(out, bench["time_to_return"]), out / "time_to_return.png")
+    if "common" in sections and "ttr" not in sections:
+        print(f"final actors on {COMMON_EPISODES} shared episodes ...")
+        for algo, e in bench.get("time_to_return", {}).items():
+            e["final_common"] = common_eval(out, algo, int(e["seeds"]))
     path.write_text(json.dumps(bench, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(bench))
     print(markdown(bench))

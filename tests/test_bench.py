@@ -19,9 +19,13 @@ def test_first_time_and_targets_count_seeds_in_time() -> None:
 
 def test_markdown_lists_targets() -> None:
     entry = {"seeds": 2, "final_return": [-9.0, -8.0], "best_within_60s": [-12.0, None],
-             "best_within_180s": [-9.0, -8.0], "targets": {"-12.0 within 180s": 2}}
+             "best_within_180s": [-9.0, -8.0], "targets": {"-12.0 within 180s": 2}, "final_common": [-8.6, None]}
     entry.update({str(t): {"reached": 0, "seconds_mean": None, "seconds_ci95": None, "seconds": [None, None]}
                   for t in bench.THRESHOLDS})
     md = bench.markdown({"machine": "test", "time_to_return": {"mappo": entry}})
     assert "| mappo | ≥ -12.0 within 180s | 2/2 |" in md
-    assert "| mappo | 2 | not reached | not reached | not reached | -12.0, - | -9.0, -8.0 | -9.0, -8.0 |" in md
+    assert "| mappo | 2 | not reached | not reached | not reached | -12.0, - | -9.0, -8.0 | -9.0, -8.0 | -8.6, - |" in md
+
+
+def test_common_eval_marks_runs_without_checkpoints(tmp_path) -> None:  # noqa: ANN001
+    assert bench.common_eval(tmp_path, "vdn", 2) == [None, None]

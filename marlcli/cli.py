@@ -272,8 +272,8 @@ def eval_main(args: list[str]) -> int:
     from marlcli.errors import MarlError
 
     try:
-        paths, opts = _parse_kv(args, {"episodes": 100, "seed": 0, "deterministic": True, "device": "cpu",
-                                       "envs": 100}, "eval")
+        paths, opts = _parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu",
+                                       "envs": 1000}, "eval")
     except ValueError as exc:
         return fail("eval", str(exc))
     if len(paths) != 1:
@@ -286,8 +286,8 @@ def eval_main(args: list[str]) -> int:
     return 0
 
 
-def evaluate_path(path: Path, episodes: int = 100, seed: int = 0, deterministic: bool = True,
-                  device: str = "cpu", envs: int = 100) -> list[dict[str, Any]]:
+def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic: bool = True,
+                  device: str = "cpu", envs: int = 1000) -> list[dict[str, Any]]:
     """Evaluate every checkpoint at ``path`` decentralized; writes ``eval.json`` per seed dir."""
     from marlcli import results
     from marlcli.algos import load_family

@@ -24,8 +24,8 @@ if not CONF_DIR.is_dir():  # installed as a wheel: conf/ ships inside the packag
 class TrainConfig:
     total_steps: int = 2_000_000  # env steps (one step of one env copy)
     eval_interval: int = 200_000  # env steps between evaluations
-    eval_episodes: int = 100  # episodes per evaluation
-    eval_envs: int = 100  # env copies stepped together during evaluation
+    eval_episodes: int = 1000  # episodes per evaluation
+    eval_envs: int = 1000  # env copies stepped together during evaluation
     eval_deterministic: bool = True  # greedy / mean actions at evaluation
     checkpoint_interval: int = 500_000  # env steps between checkpoints
     keep_checkpoints: int = 0  # keep only the newest k step_<n>.pt (0 = all)

@@ -8,8 +8,8 @@ Sections (``--sections``, comma separated; results merge into ``results/bench/be
 - ``ttr``: time to return for VDN, QMIX, IQL, MAPPO on spread, several seeds each: wall seconds
   (process start-up included) to reach -12, -10 and -8.5, mean and 95% CI, and learning curves
   against wall time (``time_to_return.png``). Each seed's final actor is also evaluated on one
-  shared set of 2,000 episodes (``final_common``): the training evals use 100 episodes that
-  differ by seed, and which 100 a seed draws moves its return by more than the policies differ.
+  shared set of 2,000 episodes (``final_common``): each seed's training evals reuse that seed's own
+  episodes, and with 100 of them the draw moved a seed's return by more than the policies differed.
 - ``common``: only that shared-set evaluation, for the ``ttr`` runs already on disk.
 
 Every training run is a real ``marl train`` subprocess with the shipped defaults.
@@ -49,9 +49,14 @@ def run_train(out: Path, name: str, overrides: list[str], time_limit: float) -> 
     return read_evals(results_dir, name)
 
 
+def seed_dirs(results_dir: Path, name: str) -> list[Path]:
+    """The seed dirs of run ``name`` under ``results_dir`` (any env and algo)."""
+    return sorted(results_dir.glob(f"*/*/{name}/seed_*"))
+
+
 def read_evals(results_dir: Path, name: str) -> list[dict[str, Any]]:
     """The eval records of run ``name`` under ``results_dir`` (empty if it never started)."""
-    files = sorted(results_dir.glob(f"*/*/{name}/seed_*/metrics.jsonl"))
+    files = [d / "metrics.jsonl" for d in seed_dirs(results_dir, name) if (d / "metrics.jsonl").exists()]
     if not files:
         return []
     lines = [json.loads(ln) for ln in files[0].read_text().splitlines() if ln.strip()]
@@ -111,11 +116,12 @@ def common_eval(out: Path, algo: str, seeds: int) -> list[float | None]:
 
     returns: list[float | None] = []
     for seed in range(seeds):
-        ckpt = out / "runs" / "spread" / algo / f"ttr-{algo}-s{seed}" / f"seed_{seed}" / "checkpoints" / "latest.pt"
+        dirs = seed_dirs(out / "runs", f"ttr-{algo}-s{seed}")
         try:
-            returns.append(evaluate_path(ckpt, COMMON_EPISODES, COMMON_SEED, envs=COMMON_EPISODES)[0]["return_mean"])
-        except MarlError:  # run cut off before its first checkpoint
-            returns.append(None)
+            ret = evaluate_path(dirs[0], COMMON_EPISODES, COMMON_SEED, envs=COMMON_EPISODES)[0] if dirs else None
+        except MarlError:  # cut off before its first checkpoint
+            ret = None
+        returns.append(ret["return_mean"] if ret else None)
     return returns
 
 

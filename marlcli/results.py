@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,35 +82,20 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, payload: dict[str, Any], keep: int = 0) -> Path:
-    """Write ``step_<n>.pt`` and ``latest.pt`` atomically (temp file, then rename).
-
-    The payload (with an off-policy replay, tens of MB) is serialized once; ``latest.pt`` is a
-    hard link to the same file where the filesystem allows, else a copy.
-    """
+    """Write ``step_<n>.pt`` and ``latest.pt`` atomically (temp file, then rename)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "step": step, **payload}
     target = ckpt_dir / f"step_{step}.pt"
-    tmp = _temp_path(ckpt_dir, target.name)
-    torch.save(payload, tmp)
-    os.replace(tmp, target)
-    tmp = _temp_path(ckpt_dir, "latest.pt")
-    os.unlink(tmp)
-    try:
-        os.link(target, tmp)
-    except OSError:  # no hard links here (some network or FAT filesystems)
-        shutil.copyfile(target, tmp)
-    os.replace(tmp, ckpt_dir / "latest.pt")
+    for path in (target, ckpt_dir / "latest.pt"):
+        fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=f".{path.name}.")
+        os.close(fd)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
     if keep > 0:
         olds = sorted(ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
         for p in olds[:-keep]:
             p.unlink()
     return target
-
-
-def _temp_path(directory: Path, name: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-    os.close(fd)
-    return tmp
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

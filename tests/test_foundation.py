@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,23 +143,6 @@ def test_results_tree_and_checkpoint_contract(compose_cfg) -> None:
     assert payload["step"] == 400 and {"actor", "learner", "rng", "env", "config", "counters"} <= set(payload)
     assert "optim" in payload["learner"] and "value_norm" in payload["learner"]
     assert results.checkpoint_config(payload).algo.name == "mappo"
-
-
-@pytest.mark.parametrize("links", [True, False])
-def test_checkpoint_written_once_latest_linked_or_copied(tmp_path: Path, monkeypatch, links: bool) -> None:
-    # the payload is serialized once; latest.pt is a hard link, or a copy where links fail
-    if not links:
-        def no_link(src, dst):
-            raise OSError("no hard links on this filesystem")
-        monkeypatch.setattr(results.os, "link", no_link)
-    d = tmp_path / "checkpoints"
-    for step in (1, 2, 3):
-        results.save_checkpoint(d, step, {"w": torch.full((3,), float(step))}, keep=2)
-    assert {p.name for p in d.iterdir()} == {"step_2.pt", "step_3.pt", "latest.pt"}  # no temp files left
-    latest = results.load_checkpoint(d / "latest.pt")
-    assert latest["step"] == 3 and torch.equal(latest["w"], torch.full((3,), 3.0))
-    assert (d / "latest.pt").read_bytes() == (d / "step_3.pt").read_bytes()
-    assert os.path.samefile(d / "latest.pt", d / "step_3.pt") == links
 
 
 @pytest.mark.parametrize("backend", ["native", "pettingzoo"])

@@ -36,7 +36,8 @@ NUM_ENVS = 100  # episodes collected per update
 DEEP = ["env=coordination", "env.backend=native", f"env.num_envs={NUM_ENVS}", "device=cpu",
         "algo.rollout_steps=1", "algo.eps_start=1.0", "algo.eps_end=0.1", "algo.eps_anneal_steps=3600",
         "algo.batch_episodes=128", "algo.learning_starts=128", "algo.replay_ratio=2.56", "algo.lr=0.003",
-        "algo.hidden=32", "algo.layers=1", "algo.max_grad_norm=10.0"]  # pinned: independent of spread-tuned defaults
+        "algo.hidden=32", "algo.layers=1", "algo.max_grad_norm=10.0",
+        "algo.mixer_embed=32", "algo.hypernet_hidden=64"]  # pinned: independent of spread-tuned defaults
 
 
 def deep_cfg(algo: str, penalty: float, neg_td_scale: float | None) -> DictConfig:

@@ -96,8 +96,27 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
     return saved, payload
 
 
+# Sizes and counts that must be >= 1: a 0 or a negative would fail deep inside torch.
+POSITIVE_KEYS = ("env.num_envs", "train.total_steps", "train.eval_episodes", "train.eval_envs",
+                 "algo.hidden", "algo.rollout_steps", "algo.batch_episodes", "algo.buffer_episodes",
+                 "algo.mixer_embed", "algo.hypernet_hidden", "algo.epochs", "algo.minibatches",
+                 "algo.critic_epochs", "algo.actor_epochs", "algo.updates_per_rollout",
+                 "algo.buffer_size", "algo.batch_size")
+
+
+def check_sizes(cfg: DictConfig) -> None:
+    """One-line error for a size or count below 1 (``algo.mixer_embed=-1``, ``env.num_envs=0``)."""
+    for key in POSITIVE_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    if int(OmegaConf.select(cfg, "algo.layers", default=0)) < 0:
+        raise ConfigError(f"algo.layers must be 0 or more, got {cfg.algo.layers}")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Fail fast on a bad env/algo pair (builds one env copy; runs nothing)."""
+    """Fail fast on a bad env/algo pair or size (builds one env copy; runs nothing)."""
+    check_sizes(cfg)
     env = make_env(cfg.env, 1, int(cfg.seed), torch.device("cpu"))
     try:
         check_compatible(load_family(cfg.algo), env.spec, cfg)
@@ -113,6 +132,7 @@ def train(cfg: DictConfig) -> Path:
         return out
     job = os.environ.get("MARL_JOB_NUM")  # set by marlcli.sweep for multirun jobs
     device = resolve_device(str(cfg.device), job_num=int(job) if job else None)
+    check_sizes(cfg)
     keep_freed_memory()
     seed_everything(int(cfg.seed))
     env = make_env(cfg.env, int(cfg.env.num_envs), int(cfg.seed), device)

@@ -219,6 +219,8 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path: Path) -> None:
         ("train", "env=pettingzoo", "env.factory=marlcli.envs:no_such_factory"),
         ("train", "resume=/no/such/dir"),
         ("train", "device=cuda:7"),
+        ("train", "algo=qmix", "algo.mixer_embed=-1"),  # sizes below 1 would fail deep inside torch
+        ("train", "env.num_envs=0"),
         ("eval", str(tmp_path / "missing")),
         ("eval", str(bad_pt)),
         ("eval", str(foreign)),

@@ -20,12 +20,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install marlcli (torch 2.13.0 CPU first)
 
-train: $(STAMP) ## train MAPPO on spread with the defaults, then evaluate it
-	$(BIN)/marl train algo=mappo env=spread run=quickstart $(ARGS)
-	$(BIN)/marl eval results/spread/mappo/quickstart
+# a fresh run name per `make train` (a second run never meets the first one's files)
+QUICKSTART := quickstart_$(shell date +%Y-%m-%d_%H-%M-%S)_$(shell od -An -N2 -tx1 /dev/urandom | tr -d ' \n')
+LATEST_QUICKSTART = $(lastword $(sort $(wildcard results/spread/mappo/quickstart_*)))
 
-eval: $(STAMP) ## evaluate a run: make eval RUN=results/spread/mappo/quickstart
-	$(BIN)/marl eval $(or $(RUN),results/spread/mappo/quickstart) $(ARGS)
+train: $(STAMP) ## train MAPPO on spread with the defaults into a new run quickstart_<time>, then evaluate it
+	$(BIN)/marl train algo=mappo env=spread run=$(QUICKSTART) $(ARGS)
+	$(BIN)/marl eval results/spread/mappo/$(QUICKSTART)
+
+eval: $(STAMP) ## evaluate a run: make eval RUN=results/spread/mappo/<run> (default: the newest quickstart)
+	@test -n "$(or $(RUN),$(LATEST_QUICKSTART))" || { echo "make eval: no quickstart run yet; make train first or give RUN=DIR" >&2; exit 2; }
+	$(BIN)/marl eval $(or $(RUN),$(LATEST_QUICKSTART)) $(ARGS)
 
 test: $(STAMP) ## the CI suite: unit, integration and small learning tests
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from marlcli.envs.base import TimeStep
+from marlcli.errors import TrainingError
 
 
 @dataclass
@@ -15,7 +16,8 @@ class Rollout:
     """T steps of B envs. Shapes: ``[T, B, N, ...]`` per agent, ``[T, B, ...]`` per env.
 
     ``obs/state/avail/alive`` are what the agents saw when acting; ``next_*`` is what came
-    after the step (the final observation where the episode ended, before auto-reset).
+    after the step (the final observation, masks and alive flags where the episode ended,
+    before auto-reset; issue 15: never the next episode's).
     """
 
     obs: Tensor  # [T, B, N, O]
@@ -48,8 +50,8 @@ class Rollout:
             cols["done"].append(nxt.done)
             cols["next_obs"].append(nxt.final_obs)
             cols["next_state"].append(nxt.final_state)
-            cols["next_avail"].append(nxt.avail)
-            cols["next_alive"].append(nxt.alive)
+            cols["next_avail"].append(nxt.final_avail)
+            cols["next_alive"].append(nxt.final_alive)
         return Rollout(**{k: torch.stack(v) for k, v in cols.items()})
 
     @property
@@ -140,11 +142,13 @@ class EpisodeReplay:
 
     def add(self, r: Rollout) -> int:
         """Append a rollout ``[T, B, ...]``; commit the episodes that ended. Returns how many."""
-        ends = r.done.sum(1).tolist()  # the one host sync per rollout
+        ends = r.done.sum(1).tolist()  # the one host sync per rollout (plus the overflow check below)
         ar = torch.arange(r.done.shape[1], device=self.pos.device)
         committed = 0
+        overflow = torch.zeros((), dtype=torch.bool, device=self.pos.device)
         for t, n_end in enumerate(ends):
-            p = self.pos
+            overflow |= (self.pos >= self.max_len).any()
+            p = self.pos.clamp(max=self.max_len - 1)  # keeps indices valid until the error is raised
             now = {"obs": r.obs[t], "state": r.state[t], "avail": r.avail[t], "alive": r.alive[t],
                    "actions": r.actions[t], "reward": r.reward[t], "terminated": r.terminated[t],
                    "filled": torch.ones_like(r.done[t])}
@@ -153,7 +157,7 @@ class EpisodeReplay:
                 self.stage[k][ar, p] = v
             for k, v in nxt.items():
                 self.stage[k][ar, p + 1] = v
-            self.pos = (p + 1).clamp(max=self.max_len - 1)  # longer episodes than max_len: last row reused
+            self.pos = self.pos + 1  # an episode past max_len is reported below, never spliced
             if n_end:
                 d = r.done[t]
                 slot = torch.where(d, (self.ptr + d.long().cumsum(0) - 1) % self.capacity, self.capacity)
@@ -164,6 +168,9 @@ class EpisodeReplay:
                 self.ptr = (self.ptr + n_end) % self.capacity
                 self.size = min(self.size + n_end, self.capacity)
                 committed += n_end
+        if bool(overflow):
+            raise TrainingError(f"an episode ran longer than the episode limit of {self.max_len} steps, so episode "
+                                "replay cannot hold it; set env.max_cycles to the env's longest episode")
         return committed
 
     def sample(self, batch: int) -> dict[str, Tensor]:

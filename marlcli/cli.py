@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from marlcli.cliutil import default_run_name, fail, parse_kv
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -19,8 +20,9 @@ USAGE = """usage: marl <command> [args]
 
 commands:
   train [key=value ...] [-m]   train (Hydra app; `marl train --help` lists groups and options)
-  eval PATH [episodes=100] [seed=0] [deterministic=true] [device=cpu]
+  eval PATH [episodes=1000] [seed=0] [deterministic=true] [device=cpu] [envs=1000] [env.factory=M:F]
                                evaluate checkpoints decentralized; PATH = seed dir, run dir or .pt
+                               (env.factory=: trust a factory the checkpoint names that is not marlcli's)
   report PATH... [out=DIR] [--format marl-eval]
                                tables and learning curves over seeds
 """
@@ -29,10 +31,8 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-c
                           "--config-dir", "-cd", "--info", "--experimental-rerun"}
 
 
-def fail(command: str, message: str) -> int:
-    """One line on stderr, exit code 2."""
-    print(f"marl {command}: error: {message}", file=sys.stderr)
-    return 2
+# `marl eval` options that are config keys (applied to the checkpoint's config); more env.<key> can join
+EVAL_CONFIG_KEYS = ("env.factory",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,52 +71,33 @@ def _split(args: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
-def _combinations(overrides: list[str]) -> list[list[str]]:
-    """Override lists that together try every sweep value once (for up-front validation)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def validate_overrides(overrides: list[str], exclude: list[str] | None = None) -> str | None:
+    """Compose every combination of sweep values and check each env/algo pair; an error line or None.
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    base: list[str] = []
-    sweeps: list[tuple[int, list[str]]] = []
-    for o in parsed:
-        key = o.input_line.split("=", 1)[0]
-        if o.is_sweep_override():
-            values = [f"{key}={v}" for v in o.sweep_string_iterator()]
-            sweeps.append((len(base), values))
-            base.append(values[0])
-        else:
-            base.append(o.input_line)
-    combos = [base]
-    for pos, values in sweeps:
-        for v in values[1:]:
-            combos.append(base[:pos] + [v] + base[pos + 1:])
-    return combos
-
-
-def validate_overrides(overrides: list[str]) -> str | None:
-    """Compose every sweep value and check env/algo compatibility; an error line or None."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from marlcli.config import CONF_DIR
+    The full product up to ``cliutil.FULL_PRODUCT_LIMIT`` jobs (else every combination of the
+    env/algo keys), so no job can fail on a bad pair after others ran (issue 16). ``exclude``
+    (a multirun's hidden keys) gives each combination its configuration dir, as its job will have.
+    """
+    from marlcli import cliutil
+    from marlcli.config import compose
     from marlcli.errors import MarlError
     from marlcli.trainer import prepare, validate
 
     try:
-        combos = _combinations(overrides)
+        combos = cliutil.combinations(overrides)
     except Exception as exc:
         return f"cannot parse overrides: {str(exc).splitlines()[0]}"
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        for combo in combos:
-            try:
-                cfg, _ = prepare(compose("config", overrides=combo))
-                validate(cfg)
-            except MarlError as exc:
-                return str(exc)
-            except Exception as exc:  # Hydra/OmegaConf composition errors
-                return _hydra_message(exc)
-    GlobalHydra.instance().clear()
+    for combo in combos:
+        try:
+            cfg = compose(combo)
+            if exclude is not None and not cfg.get("variant"):
+                cfg.variant = cliutil.variant_name(combo, exclude)
+            cfg, _ = prepare(cfg)
+            validate(cfg)
+        except MarlError as exc:
+            return str(exc)
+        except Exception as exc:  # Hydra/OmegaConf composition errors
+            return _hydra_message(exc)
     return None
 
 
@@ -132,7 +113,8 @@ def _hydra_message(exc: Exception) -> str:
 def train_main(args: list[str]) -> int:
     import hydra
 
-    from marlcli import config, sweep
+    from marlcli import cliutil, config, sweep
+    from marlcli.errors import ConfigError
 
     config.register()
     flags, overrides = _split(args)
@@ -148,19 +130,26 @@ def train_main(args: list[str]) -> int:
         auto = "resume=auto" in overrides and sweep.latest_run(overrides)
         if auto:
             print(f"marl train: resume=auto: continuing run '{auto}'", file=sys.stderr)
-        overrides.append(f"run={auto or time.strftime('%Y-%m-%d_%H-%M-%S')}")  # one name shared by a sweep
+        overrides.append(f"run={auto or default_run_name()}")  # unique, and one name shared by a sweep
+    exclude = cliutil.hidden_keys(overrides) if multirun else None  # what does not name a configuration dir
     if not info:
-        err = validate_overrides(overrides)
+        err = validate_overrides(overrides, exclude)
         if err:
             return fail("train", err)
-    plan = sweep.plan(overrides) if multirun else None
+    extra: list[str] = []  # overrides for Hydra only (not validated as config keys)
+    try:
+        plan = sweep.plan(overrides, exclude) if multirun else None
+    except ConfigError as exc:
+        return fail("train", str(exc))
     if plan is not None:
         at_once = f"{plan.n_jobs} at a time" if plan.n_jobs else plan.launcher
         print(f"marl train: sweep of {plan.expected} jobs ({at_once}); status in {plan.sweep_dir}", file=sys.stderr)
+        quoted = ",".join(f"'{k}'" for k in exclude or [])
+        extra.append(f"hydra.job.config.override_dirname.exclude_keys=[{quoted}]")  # read by sweep.run_job
 
     _task = hydra.main(version_base=None, config_path=str(config.CONF_DIR), config_name="config")(hydra_task)
     saved = sys.argv
-    sys.argv = ["marl train", *flags, *overrides]
+    sys.argv = ["marl train", *flags, *overrides, *extra]
     launcher_error = None
     try:
         _task()
@@ -244,42 +233,18 @@ def hydra_task(cfg: DictConfig) -> Any:
 
 
 # ----------------------------------------------------------------------------- eval
-def _parse_kv(args: list[str], known: dict[str, Any], command: str) -> tuple[list[str], dict[str, Any]]:
-    paths, opts = [], dict(known)
-    for a in args:
-        if "=" in a and not Path(a).exists():
-            k, v = a.split("=", 1)
-            if k not in known:
-                raise ValueError(f"unknown option '{k}'; options: {', '.join(known)}")
-            default = known[k]
-            if isinstance(default, bool):
-                if v.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(f"{k} must be true or false, got '{v}'")
-                opts[k] = v.lower() in ("true", "1")
-            elif isinstance(default, int):
-                try:
-                    opts[k] = int(v)
-                except ValueError:
-                    raise ValueError(f"{k} must be an integer, got '{v}'") from None
-            else:
-                opts[k] = v
-        else:
-            paths.append(a)
-    return paths, opts
-
-
 def eval_main(args: list[str]) -> int:
     from marlcli.errors import MarlError
 
     try:
-        paths, opts = _parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu",
-                                       "envs": 1000}, "eval")
+        parsed = parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu", "envs": 1000},
+                          passthrough=EVAL_CONFIG_KEYS)
     except ValueError as exc:
         return fail("eval", str(exc))
-    if len(paths) != 1:
+    if len(parsed.paths) != 1:
         return fail("eval", "give exactly one PATH (a seed dir, a run dir or a .pt file)")
     try:
-        rows = evaluate_path(Path(paths[0]), **opts)
+        rows = evaluate_path(Path(parsed.paths[0]), **parsed.opts, overrides=parsed.overrides)
     except MarlError as exc:
         return fail("eval", str(exc))
     print_eval_table(rows)
@@ -287,8 +252,12 @@ def eval_main(args: list[str]) -> int:
 
 
 def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic: bool = True,
-                  device: str = "cpu", envs: int = 1000) -> list[dict[str, Any]]:
-    """Evaluate every checkpoint at ``path`` decentralized; writes ``eval.json`` per seed dir."""
+                  device: str = "cpu", envs: int = 1000, overrides: list[str] | None = None) -> list[dict[str, Any]]:
+    """Evaluate every checkpoint at ``path`` decentralized; writes ``eval.json`` per seed dir.
+
+    ``overrides`` (``env.factory=pkg.mod:make``) replace keys of each checkpoint's config; an
+    ``env.factory`` given here is trusted, any other foreign one is refused (issue 16).
+    """
     from marlcli import results
     from marlcli.algos import load_family
     from marlcli.errors import CheckpointError
@@ -300,21 +269,26 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     targets = [path] if path.is_file() else results.find_seed_dirs(path)
     if not targets:
         raise CheckpointError(f"no checkpoints under {path} (expected seed_*/checkpoints/latest.pt)")
+    given = dict(o.split("=", 1) for o in overrides or [])
     dev = resolve_device(device)
     rows = []
     for target in targets:
         payload = results.load_checkpoint(target)
-        cfg = results.checkpoint_config(payload)
+        cfg = results.checkpoint_config(payload, overrides=given)
         env = env_for_eval(cfg, min(episodes, envs), seed, dev)
-        actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
-        actor.load_state_dict(payload["actor"])  # the actor only: no critic is loaded
-        actor.eval()
-        res = run_episodes(actor, env, episodes, deterministic)
-        env.close()
+        try:
+            actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
+            results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded
+            actor.eval()
+            res = run_episodes(actor, env, episodes, deterministic)
+        finally:
+            env.close()
         summary = {k.removeprefix("eval/"): v for k, v in res.summary().items()}
         row = {"env": str(cfg.env.name), "algo": str(cfg.algo.name), "run": str(cfg.run), "seed": int(cfg.seed),
                "step": int(payload["step"]), "checkpoint": str(target), "deterministic": deterministic,
                "eval_seed": seed, **summary}
+        if cfg.get("variant"):
+            row["variant"] = str(cfg.variant)
         sdir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
                                                 else target.parent)
         if (sdir / "config.yaml").exists():

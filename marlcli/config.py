@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from marlcli.cliutil import parallel_jobs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 if not CONF_DIR.is_dir():  # installed as a wheel: conf/ ships inside the package
@@ -62,6 +65,7 @@ class RootConfig:
     device: str = "auto"
     results_dir: str = "results"
     run: str = "default"
+    variant: str = ""  # configuration dir under the run (set per sweep job from the swept keys); "" = none
     resume: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -72,11 +76,30 @@ class RootConfig:
     algo: Any = None
 
 
+def register_resolvers() -> None:
+    """``${marl_parallel_jobs:<jobs_per_gpu>}``: used by ``conf/hydra/launcher/local.yaml``."""
+    if not OmegaConf.has_resolver("marl_parallel_jobs"):
+        OmegaConf.register_new_resolver("marl_parallel_jobs", lambda per_gpu: parallel_jobs(int(per_gpu)))
+
+
+def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """Compose ``conf/config.yaml`` with ``overrides`` outside a Hydra app (validation, plans, tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def register() -> None:
     """Register the root schema and every algorithm family's ``Config``."""
-    from marlcli import sweep
-
-    sweep.register_resolvers()  # ${marl_parallel_jobs:...} in conf/hydra/launcher/local.yaml
+    register_resolvers()  # ${marl_parallel_jobs:...} in conf/hydra/launcher/local.yaml
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=RootConfig)
     cs.store(group="critic", name="critic_schema", node=CriticConfig)

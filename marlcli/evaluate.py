@@ -43,34 +43,48 @@ class EvalResult:
 
 @torch.no_grad()
 def run_episodes(actor: Actor, env: VecEnv, episodes: int, deterministic: bool = True) -> EvalResult:
-    """Run until ``episodes`` episodes finished across the env copies; keep the first ones."""
+    """Run ``episodes`` episodes over the env copies: copy b runs its first ``quota[b]`` episodes.
+
+    The quotas (``episodes // B`` each, one more for the first ``episodes % B`` copies) are
+    fixed before anything runs, so which episodes count never depends on how long they
+    last; keeping "the first episodes that finish" would favour short ones (issue 15).
+    Episodes are returned in (copy, order) sequence.
+    """
     spec: EnvSpec = env.spec
+    b = env.num_envs
     ts = env.reset()
-    hidden = actor.initial_hidden(env.num_envs)
-    ep_ret = torch.zeros(env.num_envs, spec.n_agents, device=ts.obs.device)
-    ep_stats = {k: torch.zeros(env.num_envs, device=ts.obs.device) for k in spec.stats}
+    dev = ts.obs.device
+    quota = torch.full((b,), episodes // b, dtype=torch.long, device=dev)
+    quota[: episodes % b] += 1
+    count = torch.zeros(b, dtype=torch.long, device=dev)
+    hidden = actor.initial_hidden(b)
+    ep_ret = torch.zeros(b, spec.n_agents, device=dev)
+    ep_stats = {k: torch.zeros(b, device=dev) for k in spec.stats}
     returns: list[torch.Tensor] = []
     stats: dict[str, list[torch.Tensor]] = {k: [] for k in spec.stats}
-    finished = 0
-    while finished < episodes:
+    order: list[torch.Tensor] = []  # copy * episodes + index of each kept episode, for a stable order
+    while bool((count < quota).any()):
         actions, hidden = actor.act(ts.obs, ts.avail, hidden, deterministic)
         ts = env.step(actions)
         ep_ret += ts.reward
         for k, how in spec.stats.items():
             v = ts.info[k].to(ep_stats[k].dtype)
             ep_stats[k] = ep_stats[k] + v if how == "sum" else v
-        if ts.done.any():
+        if bool(ts.done.any()):
             d = ts.done
-            returns.append(ep_ret[d].cpu())
+            keep = d & (count < quota)
+            returns.append(ep_ret[keep].cpu())
+            order.append((torch.arange(b, device=dev) * episodes + count)[keep].cpu())
             for k in spec.stats:
-                stats[k].append(ep_stats[k][d].cpu())
+                stats[k].append(ep_stats[k][keep].cpu())
                 ep_stats[k] = ep_stats[k].masked_fill(d, 0.0)
-            finished += int(d.sum())
+            count += d.long()
             ep_ret = ep_ret.masked_fill(d[:, None], 0.0)
             if hidden is not None:
                 hidden = hidden.masked_fill(d.view(-1, *([1] * (hidden.dim() - 1))), 0.0)
+    idx = torch.cat(order).argsort()
     return EvalResult(
         agents=list(spec.agents),
-        returns=torch.cat(returns)[:episodes].double(),
-        stats={k: torch.cat(v)[:episodes].double() for k, v in stats.items()},
+        returns=torch.cat(returns)[idx].double(),
+        stats={k: torch.cat(v)[idx].double() for k, v in stats.items()},
     )

@@ -1,12 +1,18 @@
 """``marl report PATH... [out=DIR] [--format marl-eval]``: results over seeds, for papers.
 
-Per env x algorithm (x run, when several runs of one pair are given) it reports the final
-evaluation return over seeds: mean, a 95% percentile-bootstrap CI of the mean and the IQM
-(interquartile mean; Agarwal et al. 2021, "Deep RL at the Edge of the Statistical
-Precipice"), the number of seeds, env steps and wall time. It prints a rich table and
-writes ``report.md``, ``report.csv`` and ``curves.png`` (mean eval return vs env steps with a
-95% CI band per algorithm, one panel per env) into the first PATH or ``out=DIR``;
-``--format marl-eval`` also writes ``marl_eval.json`` for InstaDeep's marl-eval tool.
+One row per configuration: env x algorithm x run x configuration dir (``critic=independent,
+sharing=none``, whose keys become columns; issue 16). Each row has the final evaluation return
+over the seeds that finished (a ``done`` file): mean, a 95% percentile-bootstrap CI of the mean
+and the IQM (interquartile mean; Agarwal et al. 2021, "Deep RL at the Edge of the Statistical
+Precipice"), seeds done/total, env steps and wall time. Unfinished seeds are left out of every
+figure and listed. Envs whose agents have several roles (tag, adversary) are reported per role
+(``eval/return_role/<role>``): their all-agent mean adds up opposing sides and means nothing.
+Env statistics (``eval/catches``, ``eval/collisions``, ...) get a column each.
+
+It prints a rich table and writes ``report.md``, ``report.csv`` and ``curves.png`` (mean eval
+return vs env steps with a 95% CI band per configuration, and per role, one panel per env)
+into the first PATH or ``out=DIR``; ``--format marl-eval`` also writes ``marl_eval.json`` for
+InstaDeep's marl-eval tool.
 
 A seed's final return is the last ``eval/return_mean`` line of its ``metrics.jsonl``: the
 training-time evaluation, the same protocol for every seed and the same data as the curves.
@@ -30,6 +36,7 @@ import numpy as np
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed: the same results give the same CI every time
 SKIP_DIRS = {".sweeps"}
+NOT_STATS = {"return_mean", "return_std", "return_ci95", "episodes"}  # eval/<key>s that are not env statistics
 
 
 # ----------------------------------------------------------------------------- statistics (pure)
@@ -73,9 +80,12 @@ class SeedResult:
     run: str
     seed: int
     path: Path
+    variant: str = ""  # configuration dir ("" for a single run)
     eval_steps: list[int] = field(default_factory=list)
     eval_returns: list[float] = field(default_factory=list)
+    role_returns: dict[str, list[float]] = field(default_factory=dict)  # role -> one value per eval step
     final_return: float = math.nan
+    final_stats: dict[str, float] = field(default_factory=dict)  # env statistics at the last evaluation
     env_steps: int = 0
     wall_s: float = 0.0
     done: bool = False
@@ -94,14 +104,17 @@ def load_seed(sdir: Path) -> SeedResult:
 
     from marlcli.results import DONE_FILE, read_metrics
 
-    parts = sdir.resolve().parts  # .../<env>/<algo>/<run>/seed_<k> when there is no config.yaml
-    env, algo, run, seed, suite = parts[-4], parts[-3], parts[-2], parts[-1].removeprefix("seed_"), ""
+    parts = sdir.resolve().parts  # .../<env>/<algo>/<run>/[<variant>/]seed_<k> when there is no config.yaml
+    nested = "=" in parts[-2]
+    env, algo, run = parts[-5 if nested else -4], parts[-4 if nested else -3], parts[-3 if nested else -2]
+    variant, seed, suite = parts[-2] if nested else "", parts[-1].removeprefix("seed_"), ""
     if (sdir / "config.yaml").is_file():
         cfg = OmegaConf.load(sdir / "config.yaml")
         env, algo, run, seed = str(cfg.env.name), str(cfg.algo.name), str(cfg.run), str(cfg.seed)
+        variant = str(cfg.get("variant") or "")
         suite = str(cfg.env.get("factory") or "").split(".", 1)[0].split(":", 1)[0]
-    res = SeedResult(env, algo, run, int(seed) if seed.lstrip("-").isdigit() else 0, sdir, suite=suite or env,
-                     done=(sdir / DONE_FILE).exists())
+    res = SeedResult(env, algo, run, int(seed) if seed.lstrip("-").isdigit() else 0, sdir, variant=variant,
+                     suite=suite or env, done=(sdir / DONE_FILE).exists())
     try:
         lines = read_metrics(sdir / "metrics.jsonl")
     except (json.JSONDecodeError, OSError):
@@ -112,6 +125,11 @@ def load_seed(sdir: Path) -> SeedResult:
         if ln.get("eval/return_mean") is not None:
             res.eval_steps.append(int(ln["step"]))
             res.eval_returns.append(float(ln["eval/return_mean"]))
+            for k, v in ln.items():
+                if k.startswith("eval/return_role/") and v is not None:
+                    res.role_returns.setdefault(k.removeprefix("eval/return_role/"), []).append(float(v))
+            res.final_stats = {k[5:]: float(v) for k, v in ln.items() if k.startswith("eval/") and v is not None
+                               and k[5:] not in NOT_STATS and not k.startswith(("eval/return/", "eval/return_role/"))}
     if res.eval_returns:
         res.final_return = res.eval_returns[-1]
     elif (sdir / "eval.json").is_file():
@@ -119,32 +137,58 @@ def load_seed(sdir: Path) -> SeedResult:
     return res
 
 
-def group(seeds: list[SeedResult]) -> dict[tuple[str, str, str], list[SeedResult]]:
-    """Seeds by (env, algo, run), in a stable order."""
-    out: dict[tuple[str, str, str], list[SeedResult]] = defaultdict(list)
-    for s in sorted(seeds, key=lambda s: (s.env, s.algo, s.run, s.seed)):
-        out[(s.env, s.algo, s.run)].append(s)
+Key = tuple[str, str, str, str]  # env, algo, run, variant
+
+
+def group(seeds: list[SeedResult]) -> dict[Key, list[SeedResult]]:
+    """Seeds by configuration (env, algo, run, variant), in a stable order."""
+    out: dict[Key, list[SeedResult]] = defaultdict(list)
+    for s in sorted(seeds, key=lambda s: (s.env, s.algo, s.run, s.variant, s.seed)):
+        out[(s.env, s.algo, s.run, s.variant)].append(s)
     return dict(out)
 
 
-def summary_rows(groups: dict[tuple[str, str, str], list[SeedResult]]) -> list[dict[str, Any]]:
+def variant_columns(variant: str) -> dict[str, str]:
+    """``critic=independent,sharing=none`` -> ``{"critic": "independent", "sharing": "none"}``."""
+    pairs = [p.split("=", 1) for p in variant.split(",") if "=" in p]
+    return {k: v for k, v in pairs} if variant and pairs else ({"variant": variant} if variant else {})
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    lo, hi = bootstrap_ci(values)
+    return {"mean": mean(values), "ci95_low": lo, "ci95_high": hi, "iqm": iqm(values)}
+
+
+def summary_rows(groups: dict[Key, list[SeedResult]]) -> list[dict[str, Any]]:
+    """One row per configuration; only finished seeds (a ``done`` file) enter the figures."""
     rows = []
-    for (env, algo, run), seeds in groups.items():
-        finals = [s.final_return for s in seeds if not math.isnan(s.final_return)]
-        lo, hi = bootstrap_ci(finals)
-        rows.append({"env": env, "algo": algo, "run": run, "seeds": len(finals),
-                     "seeds_done": sum(s.done for s in seeds), "env_steps": int(np.mean([s.env_steps for s in seeds])),
-                     "wall_time_s": round(float(np.mean([s.wall_s for s in seeds])), 1),
-                     "return_mean": mean(finals), "ci95_low": lo, "ci95_high": hi, "iqm": iqm(finals),
-                     "final_returns": finals})
+    for (env, algo, run, variant), seeds in groups.items():
+        done = [s for s in seeds if s.done]
+        finals = [s.final_return for s in done if not math.isnan(s.final_return)]
+        st = _stats(finals)
+        row: dict[str, Any] = {
+            "env": env, "algo": algo, "run": run, "variant": variant, "config": variant_columns(variant),
+            "seeds": len(finals), "seeds_done": len(done), "seeds_total": len(seeds),
+            "env_steps": int(np.mean([s.env_steps for s in done])) if done else 0,
+            "wall_time_s": round(float(np.mean([s.wall_s for s in done])), 1) if done else 0.0,
+            "return_mean": st["mean"], "ci95_low": st["ci95_low"], "ci95_high": st["ci95_high"], "iqm": st["iqm"],
+            "final_returns": finals, "roles": {}, "stats": {},
+            "unfinished": [str(s.path) for s in seeds if not s.done],
+        }
+        for role in dict.fromkeys(r for s in done for r in s.role_returns):
+            row["roles"][role] = _stats([s.role_returns[role][-1] for s in done if s.role_returns.get(role)])
+        for stat in dict.fromkeys(k for s in done for k in s.final_stats):
+            row["stats"][stat] = mean([s.final_stats[stat] for s in done if stat in s.final_stats])
+        rows.append(row)
     return rows
 
 
-def curve(seeds: list[SeedResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean eval return and 95% bootstrap band at every eval step of any seed: (steps, mean, lo, hi)."""
+def curve(seeds: list[SeedResult], role: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean eval return (of one role, if given) and 95% bootstrap band at every eval step: (steps, mean, lo, hi)."""
     by_step: dict[int, list[float]] = defaultdict(list)
     for s in seeds:
-        for st, r in zip(s.eval_steps, s.eval_returns, strict=True):
+        values = s.eval_returns if role is None else s.role_returns.get(role, [])
+        for st, r in zip(s.eval_steps, values, strict=False):
             by_step[st].append(r)
     steps = np.array(sorted(by_step))
     stats = [(mean(by_step[st]), *bootstrap_ci(by_step[st], resamples=2_000)) for st in steps]
@@ -158,12 +202,31 @@ def _fmt_time(s: float) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
+def _ci(st: dict[str, float]) -> str:
+    return f"{st['mean']:.3f} [{st['ci95_low']:.3f}, {st['ci95_high']:.3f}]"
+
+
 def _display(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    cols = ["env", "algo", "run", "seeds", "env steps", "wall time", "final return (mean)", "95% CI", "IQM"]
-    body = [[r["env"], r["algo"], r["run"], f"{r['seeds']} ({r['seeds_done']} done)", f"{r['env_steps']:,}",
-             _fmt_time(r["wall_time_s"]), f"{r['return_mean']:.3f}", f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]",
-             f"{r['iqm']:.3f}"] for r in rows]
+    """Columns: identity, the varied keys, seeds, budget, the return (per role where agents have roles), stats."""
+    keys = list(dict.fromkeys(k for r in rows for k in r["config"]))
+    roles = list(dict.fromkeys(k for r in rows for k in r["roles"]))
+    stats = list(dict.fromkeys(k for r in rows for k in r["stats"]))
+    cols = ["env", "algo", "run", *keys, "seeds done/total", "env steps", "wall time", "final return (mean)",
+            "95% CI", "IQM", *[f"return {r} (mean [95% CI])" for r in roles], *stats]
+    body = []
+    for r in rows:
+        overall = [f"{r['return_mean']:.3f}", f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]", f"{r['iqm']:.3f}"]
+        if r["roles"]:  # opposing sides: their all-agent mean means nothing, see the role columns
+            overall = ["-", "-", "-"]
+        body.append([r["env"], r["algo"], r["run"], *[r["config"].get(k, "") for k in keys],
+                     f"{r['seeds_done']}/{r['seeds_total']}", f"{r['env_steps']:,}", _fmt_time(r["wall_time_s"]),
+                     *overall, *[_ci(r["roles"][k]) if k in r["roles"] else "" for k in roles],
+                     *[f"{r['stats'][k]:.3f}" if k in r["stats"] else "" for k in stats]])
     return cols, body
+
+
+def unfinished(rows: list[dict[str, Any]]) -> list[str]:
+    return [p for r in rows for p in r["unfinished"]]
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -171,38 +234,59 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     cols, body = _display(rows)
-    table = Table(title="marl report: final evaluation return over seeds", title_justify="left")
+    table = Table(title="marl report: final evaluation return over finished seeds", title_justify="left")
     for c in cols:
         table.add_column(c, justify="left" if c in ("env", "algo", "run") else "right")
     for b in body:
         table.add_row(*b)
     console = Console()
     if not console.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
-        console = Console(width=160)
+        console = Console(width=200)
     console.print(table)
+    left_out = unfinished(rows)
+    if left_out:
+        console.print(f"unfinished seeds, left out of the figures ({len(left_out)}):")
+        for p in left_out:
+            console.print(f"  {p}", soft_wrap=True)
 
 
 def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
     cols, body = _display(rows)
     lines = ["# marl report", "",
-             "Final evaluation return (last `eval/return_mean` of each seed's metrics.jsonl) over seeds: mean, "
+             "Final evaluation return (last `eval/return_mean` of each seed's metrics.jsonl, or "
+             "`eval/return_role/<role>` per role) over finished seeds: mean, "
              f"95% percentile-bootstrap CI of the mean ({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}), "
-             "IQM (mean of the middle 50% of seeds). Env steps and wall time are per-seed means.", "",
+             "IQM (mean of the middle 50% of seeds). Env steps, wall time and env statistics are per-seed means.", "",
              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(b) + " |" for b in body]
+    left_out = unfinished(rows)
+    if left_out:
+        lines += ["", f"Unfinished seeds (no `done` file), left out of the figures: {len(left_out)}", ""]
+        lines += [f"- `{p}`" for p in left_out]
     path.write_text("\n".join(lines) + "\n\n![learning curves](curves.png)\n")
 
 
+def csv_row(r: dict[str, Any]) -> dict[str, Any]:
+    """A summary row as flat columns: config keys, per-role stats (``return_role/<role>/mean``), env stats."""
+    flat = {k: v for k, v in r.items() if k not in ("config", "roles", "stats", "unfinished", "final_returns")}
+    flat.update(r["config"])
+    for role, st in r["roles"].items():
+        flat.update({f"return_role/{role}/{k}": v for k, v in st.items()})
+    flat.update(r["stats"])
+    flat["final_returns"] = ";".join(f"{v:.6g}" for v in r["final_returns"])
+    return flat
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    flat = [csv_row(r) for r in rows]
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)), restval="")
         w.writeheader()
-        for r in rows:
-            w.writerow({**r, "final_returns": ";".join(f"{v:.6g}" for v in r["final_returns"])})
+        w.writerows(flat)
 
 
-def plot_curves(groups: dict[tuple[str, str, str], list[SeedResult]], path: Path) -> None:
-    """One panel per env; per algorithm the mean eval return and its 95% bootstrap band."""
+def plot_curves(groups: dict[Key, list[SeedResult]], path: Path) -> None:
+    """One panel per env; per configuration (and role) the mean eval return and its 95% bootstrap band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,24 +294,29 @@ def plot_curves(groups: dict[tuple[str, str, str], list[SeedResult]], path: Path
 
     envs = sorted({k[0] for k in groups})
     runs_per_pair = defaultdict(set)
-    for env, algo, run in groups:
+    for env, algo, run, _variant in groups:
         runs_per_pair[(env, algo)].add(run)
-    fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 4.5), squeeze=False)
     for ax, env in zip(axes[0], envs, strict=True):
-        for (e, algo, run), seeds in groups.items():
-            if e != env:
+        for (e, algo, run, variant), seeds in groups.items():
+            done = [s for s in seeds if s.done]
+            if e != env or not done:
                 continue
-            steps, m, lo, hi = curve(seeds)
-            if steps.size == 0:
-                continue
-            label = f"{algo} ({run})" if len(runs_per_pair[(env, algo)]) > 1 else algo
-            line, = ax.plot(steps, m, label=f"{label}, {len(seeds)} seeds")
-            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
+            label = algo + (f" ({run})" if len(runs_per_pair[(env, algo)]) > 1 else "") + (f" {variant}" if variant
+                                                                                          else "")
+            roles = list(dict.fromkeys(r for s in done for r in s.role_returns))
+            for role in roles or [None]:
+                steps, m, lo, hi = curve(done, role)
+                if steps.size == 0:
+                    continue
+                line, = ax.plot(steps, m, label=f"{label}{f' [{role}]' if role else ''}, {len(done)} seeds")
+                ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
         ax.set_title(env)
         ax.set_xlabel("env steps")
         ax.set_ylabel("eval return (mean, 95% CI)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -239,12 +328,14 @@ def marl_eval_data(seeds: list[SeedResult]) -> dict[str, Any]:
         {env_name: {task_name: {algo_name: {"run_<k>": {"step_<i>": {"step_count": n, "return": [..]},
                                                         "absolute_metrics": {"return": [..]}}}}}}
 
-    env_name is the env factory's package (``mpe2``), task_name marlcli's env name, ``run_<k>``
-    the k-th seed. marlcli logs the mean return of each evaluation, so each list holds one value.
+    env_name is the env factory's package (``mpe2``), task_name marlcli's env name, algo_name
+    the algorithm with its configuration (``mappo[critic=independent]``), ``run_<k>`` the k-th
+    finished seed. marlcli logs the mean return of each evaluation, so each list holds one value.
     """
     data: dict[str, Any] = {}
-    for (env, algo, _run), group_seeds in group(seeds).items():
-        algo_node = data.setdefault(group_seeds[0].suite, {}).setdefault(env, {}).setdefault(algo, {})
+    for (env, algo, _run, variant), group_seeds in group([s for s in seeds if s.done]).items():
+        name = f"{algo}[{variant}]" if variant else algo
+        algo_node = data.setdefault(group_seeds[0].suite, {}).setdefault(env, {}).setdefault(name, {})
         for s in group_seeds:
             run = {f"step_{i}": {"step_count": st, "return": [r]}
                    for i, (st, r) in enumerate(zip(s.eval_steps, s.eval_returns, strict=True))}
@@ -255,7 +346,7 @@ def marl_eval_data(seeds: list[SeedResult]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- CLI
 def report_main(args: list[str]) -> int:
-    from marlcli.cli import _parse_kv, fail
+    from marlcli.cliutil import fail, parse_kv
 
     fmt = None
     rest: list[str] = []
@@ -270,9 +361,10 @@ def report_main(args: list[str]) -> int:
     if fmt is not None and fmt != "marl-eval":
         return fail("report", f"unknown --format '{fmt}'; the one format is marl-eval")
     try:
-        paths, opts = _parse_kv(rest, {"out": ""}, "report")
+        parsed = parse_kv(rest, {"out": ""})
     except ValueError as exc:
         return fail("report", str(exc))
+    paths, opts = parsed.paths, parsed.opts
     if not paths:
         return fail("report", "give at least one PATH (a run dir, or a dir holding many)")
     seed_dirs: list[Path] = []
@@ -281,7 +373,7 @@ def report_main(args: list[str]) -> int:
             return fail("report", f"{p} is not a directory; give run dirs or a dir holding them")
         found = find_seed_dirs(p)
         if not found:
-            return fail("report", f"no results under {p} (expected <env>/<algo>/<run>/seed_*/metrics.jsonl)")
+            return fail("report", f"no results under {p} (expected <env>/<algo>/<run>/[<config>/]seed_*/metrics.jsonl)")
         seed_dirs += found
     seeds = [load_seed(d) for d in dict.fromkeys(seed_dirs)]
     groups = group(seeds)

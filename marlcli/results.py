@@ -1,11 +1,21 @@
 """The results tree, the metrics writer and checkpoint I/O (a contract other tools read)::
 
-    <results_dir>/<env name>/<algo name>/<run>/seed_<seed>/
+    <results_dir>/<env name>/<algo name>/<run>/[<variant>/]seed_<seed>/
         config.yaml      fully resolved config
         metrics.jsonl    one JSON object per line, flushed as written ("step", "time_s", ...)
         checkpoints/     step_<n>.pt ..., latest.pt
         train.log
+        done             written when the run reached train.total_steps
         eval.json        written by ``marl eval``
+
+``<variant>`` is the configuration of a sweep job, named by the swept keys
+(``critic=independent,sharing=none``); single runs have none (issue 16).
+
+Checkpoints never run code (issue 16): ``torch.load(weights_only=True)`` unpickles tensors
+and plain containers only, and :func:`checkpoint_config` refuses a config that would make
+marlcli import a module the checkpoint names: ``algo.family`` must be a module of
+``marlcli.algos`` and ``env.factory`` one built into marlcli (see :func:`builtin_factory`)
+or one the user gave on the command line.
 """
 
 from __future__ import annotations
@@ -13,21 +23,72 @@ from __future__ import annotations
 import json
 import math
 import os
+import pkgutil
+import re
+import shutil
+import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from marlcli.cliutil import safe_name
 from marlcli.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "marlcli-checkpoint/1"
 DONE_FILE = "done"  # written when a run reached train.total_steps
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", DONE_FILE)  # any of them: the dir holds a run
+# payload keys: what ``marl eval`` needs, and what ``resume=`` needs on top
+EVAL_KEYS = {"step": int, "config": str, "actor": dict}
+RESUME_KEYS = {**EVAL_KEYS, "learner": dict, "env": dict, "counters": dict, "track": dict, "rng": dict}
 
 
 def seed_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.results_dir) / str(cfg.env.name) / str(cfg.algo.name) / str(cfg.run) / f"seed_{cfg.seed}"
+    """``<results_dir>/<env>/<algo>/<run>/[<variant>/]seed_<k>``: one dir per configuration and seed."""
+    run = Path(cfg.results_dir) / str(cfg.env.name) / str(cfg.algo.name) / str(cfg.run)
+    variant = safe_name(str(cfg.get("variant") or ""))  # one path component, even for a hand-written variant=
+    return (run / variant if variant else run) / f"seed_{cfg.seed}"
+
+
+def results_root(checkpoint: Path, cfg: DictConfig) -> str:
+    """The ``results_dir`` under which ``checkpoint`` sits as ``seed_dir(cfg)/checkpoints/*.pt``.
+
+    So ``resume=<seed dir>`` continues in that dir even after the tree was moved or copied;
+    a checkpoint outside a results tree keeps the ``results_dir`` it was saved with.
+    """
+    tail = seed_dir(cfg).relative_to(Path(cfg.results_dir)).parts
+    here = checkpoint.resolve().parent
+    here = here.parent if here.name == "checkpoints" else here
+    if here.parts[-len(tail):] == tail:
+        return str(Path(*here.parts[:-len(tail)]))
+    return str(cfg.results_dir)
+
+
+def holds_run(path: Path) -> bool:
+    """True when ``path`` has any file of an earlier run (config, metrics, checkpoints, done)."""
+    return any((path / name).exists() for name in RUN_FILES)
+
+
+def clear_run(path: Path) -> None:
+    """Remove an earlier run's files from a seed dir, so a fresh start leaves no stale state."""
+    for name in (*RUN_FILES, "train.log", "eval.json"):
+        p = path / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def forget_after(path: Path, step: int) -> None:
+    """Before resuming at ``step``: drop ``done``, ``eval.json`` and checkpoints past ``step``."""
+    (path / DONE_FILE).unlink(missing_ok=True)
+    (path / "eval.json").unlink(missing_ok=True)
+    for p in (path / "checkpoints").glob("step_*.pt"):
+        if _ckpt_step(p) > step:
+            p.unlink()
 
 
 def write_config(path: Path, cfg: DictConfig) -> None:
@@ -35,10 +96,36 @@ def write_config(path: Path, cfg: DictConfig) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write a temp file, fsync it, rename it over ``path``: a crash leaves the old or the new file."""
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _atomic_write(path: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where dirs cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class MetricsWriter:
@@ -82,26 +169,32 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, payload: dict[str, Any], keep: int = 0) -> Path:
-    """Write ``step_<n>.pt`` and ``latest.pt`` atomically (temp file, then rename)."""
+    """Write ``step_<n>.pt`` and ``latest.pt`` atomically (temp file, fsync, rename; no temp left on error)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "step": step, **payload}
     target = ckpt_dir / f"step_{step}.pt"
     for path in (target, ckpt_dir / "latest.pt"):
-        fd, tmp = tempfile.mkstemp(dir=ckpt_dir, prefix=f".{path.name}.")
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        _atomic_write(path, lambda f: torch.save(payload, f))
     if keep > 0:
-        olds = sorted(ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        olds = sorted(ckpt_dir.glob("step_*.pt"), key=_ckpt_step)
         for p in olds[:-keep]:
             p.unlink()
     return target
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load safely (``weights_only=True``: no code in the file runs) and check the format."""
+def _ckpt_step(path: Path) -> int:
+    tail = path.stem.rpartition("_")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
+def load_checkpoint(path: Path, need: dict[str, type] = EVAL_KEYS) -> dict[str, Any]:
+    """Load safely (``weights_only=True``: no code in the file runs) and check format and keys.
+
+    A dir means its newest readable checkpoint (``latest.pt``, else the highest ``step_<n>.pt``).
+    Anything malformed raises ``CheckpointError`` with one line.
+    """
     if path.is_dir():
-        path = resolve_checkpoint(path)
+        return newest_readable(path, need)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}; point at a seed dir or a .pt file of a marl run")
     try:
@@ -113,15 +206,47 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a marlcli checkpoint (format tag missing)")
+    for key, kind in need.items():
+        if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
+            got = "missing" if key not in payload else type(payload[key]).__name__
+            raise CheckpointError(f"{path} is not a complete marlcli checkpoint ('{key}' is {got})")
+    payload["_path"] = str(path)
     return payload
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A seed dir -> its ``checkpoints/latest.pt``."""
-    for cand in (path / "checkpoints" / "latest.pt", path / "latest.pt"):
-        if cand.exists():
-            return cand
+def checkpoints_newest_first(path: Path) -> list[Path]:
+    """``latest.pt`` then ``step_<n>.pt`` by decreasing n, under a seed dir or a checkpoints dir."""
+    ckpt = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    steps = sorted(ckpt.glob("step_*.pt"), key=_ckpt_step, reverse=True)
+    return [p for p in (ckpt / "latest.pt", *steps) if p.is_file()]
+
+
+def newest_readable(path: Path, need: dict[str, type] = EVAL_KEYS) -> dict[str, Any]:
+    """The newest checkpoint of a seed dir that loads, skipping (and naming) unreadable ones.
+
+    A crash or a full disk can leave ``latest.pt`` truncated while ``step_<n>.pt`` is fine.
+    """
+    errors = []
+    for cand in checkpoints_newest_first(path):
+        try:
+            payload = load_checkpoint(cand, need)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        for err in errors:
+            print(f"marl: warning: skipped {err}", file=sys.stderr)
+        return payload
+    if errors:
+        raise CheckpointError(errors[0] + f" (and no other readable checkpoint under {path})")
     raise CheckpointError(f"no checkpoint under {path} (expected checkpoints/latest.pt)")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A seed dir -> its ``checkpoints/latest.pt`` (or its newest ``step_<n>.pt``)."""
+    found = checkpoints_newest_first(path)
+    if not found:
+        raise CheckpointError(f"no checkpoint under {path} (expected checkpoints/latest.pt)")
+    return found[0]
 
 
 def find_seed_dirs(path: Path) -> list[Path]:
@@ -131,7 +256,93 @@ def find_seed_dirs(path: Path) -> list[Path]:
     return sorted(p.parent.parent for p in path.rglob("checkpoints/latest.pt"))
 
 
-def checkpoint_config(payload: dict[str, Any]) -> DictConfig:
-    cfg = OmegaConf.create(payload["config"])
+def checkpoint_config(payload: dict[str, Any], trusted: Iterable[str] = (),
+                      overrides: dict[str, str] | None = None) -> DictConfig:
+    """The checkpoint's config, checked so that building its env and algorithm runs no foreign code.
+
+    ``trusted``: env factories the user gave on the command line, allowed besides the built-in
+    ones; ``overrides`` (``{"env.factory": "pkg.mod:make"}`` from ``marl eval``) replace keys
+    first, and a factory given that way is trusted. A config that does not parse or compose
+    with marlcli's schemas, an unknown ``algo.family`` or a foreign ``env.factory`` raises
+    ``CheckpointError`` (one line).
+    """
+    from marlcli.config import RootConfig
+
+    where = payload.get("_path", "the checkpoint")
+    overrides = overrides or {}
+    trusted = {*trusted, *([overrides["env.factory"]] if "env.factory" in overrides else [])}
+    try:
+        raw = OmegaConf.create(payload["config"])
+        if not isinstance(raw, DictConfig) or not isinstance(raw.get("env"), DictConfig) \
+                or not isinstance(raw.get("algo"), DictConfig):
+            raise ValueError("it has no env and algo sections")
+        for key, value in overrides.items():
+            OmegaConf.update(raw, key, value, force_add=True)
+        cfg = OmegaConf.merge(OmegaConf.structured(RootConfig), raw)
+        for key in ("env.name", "env.backend", "algo.name", "algo.family"):
+            if not isinstance(OmegaConf.select(cfg, key), str):
+                raise ValueError(f"{key} is missing")
+    except Exception as exc:  # noqa: BLE001 - YAML, schema and type errors alike
+        raise CheckpointError(f"{where}: its config does not compose ({describe(exc)})") from None
+    family = str(cfg.algo.family)
+    if family not in known_families():
+        raise CheckpointError(f"{where}: its config names algo.family '{family}', which is not one of marlcli's "
+                              f"({', '.join(sorted(known_families()))})")
+    try:
+        import importlib
+
+        schema = importlib.import_module(f"marlcli.algos.{family}").Config
+        OmegaConf.merge(OmegaConf.structured(schema), cfg.algo)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{where}: its algo config does not compose ({describe(exc)})") from None
+    factory = str(cfg.env.get("factory") or "")
+    if cfg.env.backend == "pettingzoo" and not builtin_factory(factory) and factory not in trusted:
+        raise CheckpointError(f"{where}: its config names env.factory '{factory}', which is not built into marlcli; "
+                              f"checkpoints never import code they name: if you trust it, pass env.factory={factory}")
     assert isinstance(cfg, DictConfig)
     return cfg
+
+
+def known_families() -> set[str]:
+    """Modules of ``marlcli.algos`` (found without importing them)."""
+    import marlcli.algos as algos
+
+    return {m.name for m in pkgutil.iter_modules(algos.__path__) if m.name != "base"}
+
+
+MPE2_FACTORY = re.compile(r"mpe2\.[a-z0-9_]+_v[0-9]+:(parallel_env|env|raw_env)")
+
+
+def builtin_factory(spec: str) -> bool:
+    """Env factories a checkpoint may name: those in marlcli's ``conf/env/*.yaml`` and the mpe2 envs.
+
+    Only these exact callables, not "any module under marlcli": ``marlcli.cli:main`` with
+    ``env.kwargs={argv: [...]}`` would itself start a run with a factory of the file's choosing.
+    """
+    return spec in conf_factories() or MPE2_FACTORY.fullmatch(spec) is not None
+
+
+def conf_factories() -> set[str]:
+    from marlcli.config import CONF_DIR
+
+    out = set()
+    for path in (CONF_DIR / "env").glob("*.yaml"):
+        factory = OmegaConf.load(path).get("factory")
+        if factory:
+            out.add(str(factory))
+    return out
+
+
+def restore(module: Any, state: Any, what: str, payload: dict[str, Any]) -> Any:
+    """``module.load_state_dict(state)`` with missing keys or wrong shapes as one-line ``CheckpointError``."""
+    try:
+        return module.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - RuntimeError, KeyError, TypeError ... from a foreign file
+        raise CheckpointError(f"{payload.get('_path', 'the checkpoint')}: its {what} state does not fit "
+                              f"({describe(exc)})") from None
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line: its type and its message with whitespace collapsed."""
+    text = " ".join(str(exc).split())
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]

@@ -20,11 +20,13 @@ def gae(
     rewards, values, next_values, terminated: ``[T, B, N]``; done: ``[T, B]``.
     ``next_values[t]`` is V of the observation after step t, i.e. of the *final*
     observation where the episode was truncated, so truncation bootstraps and only
-    ``terminated`` cuts the value. ``done`` stops the recursion at episode ends.
+    ``terminated`` cuts the value. ``done`` stops the recursion at episode ends, and an
+    agent's own ``terminated`` stops it for that agent: the rows after an agent finished
+    early are padding whose deltas must not leak into its last real step (issue 15).
     Returns advantages ``[T, B, N]``.
     """
     not_term = (~terminated).to(rewards.dtype)
-    cont = (~done).to(rewards.dtype)[..., None].expand_as(rewards)
+    cont = (~done).to(rewards.dtype)[..., None] * not_term
     deltas = rewards + gamma * next_values * not_term - values
     adv = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[0])

@@ -3,31 +3,43 @@ isolation, a status record per job, and the end-of-sweep summary.
 
 Flow of ``marl train -m seed=0,1,2,3``::
 
-    cli.train_main --plan()--> sweep dir, jobs at once, expected jobs (stale status cleared)
+    cli.train_main --plan()--> sweep dir, jobs at once, every job's seed dir (two jobs never
+                               share one; none may hold an earlier run), stale status cleared
         hydra launcher (local = joblib, or slurm = submitit) -> run_job(cfg) per job
-            run_job writes <sweep dir>/<job num>/status.json, runs train(cfg) in a child
+            run_job names the job's configuration dir (``variant``) by its swept keys,
+            writes <sweep dir>/<job num>/status.json, runs train(cfg) in a child
             process (launcher.isolate) so an exception, NaN loss or kill fails only that job
         --summarize()--> rich table of finished / resumed / skipped / failed, exit code
 
 Hydra >= 1.2 does not hand the launcher's ``JobReturn`` list back to the caller of a
 ``@hydra.main`` function, so the summary is built from the per-job status files; they also
 survive a launcher that dies with a worker.
+
+Configuration dirs (issue 16): ``marl train -m critic=centralized,independent seed=0,1``
+writes ``<env>/<algo>/<run>/critic=independent/seed_1``. The parent hands the keys that do
+not name the dir to every job as Hydra's ``hydra.job.config.override_dirname.exclude_keys``;
+each job names its dir from its own overrides (:func:`marlcli.cliutil.variant_name`), so
+this works with every launcher, Slurm included.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from marlcli import cliutil
+from marlcli.cliutil import available_cores, parallel_jobs, visible_gpus  # noqa: F401 - this module's API
+from marlcli.config import compose, register_resolvers
+from marlcli.errors import ConfigError
 
 STATUS_FILE = "status.json"
 JOB_CONFIG = "job_config.yaml"
@@ -36,37 +48,10 @@ FAILED = "failed"
 
 
 # ----------------------------------------------------------------------------- resources
-def available_cores() -> int:
-    """CPU cores this process may use (respects taskset / cgroup affinity)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def visible_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def parallel_jobs(jobs_per_gpu: int, gpus: int | None = None, cores: int | None = None) -> int:
-    """Jobs at once: ``gpus x jobs_per_gpu``, or the number of cores with no GPU (at least 1)."""
-    gpus = visible_gpus() if gpus is None else gpus
-    cores = available_cores() if cores is None else cores
-    return max(1, gpus * int(jobs_per_gpu) if gpus > 0 else cores)
-
-
 def threads_per_job(n_jobs: int, cores: int | None = None) -> int:
     """Torch threads per job so ``n_jobs`` jobs do not oversubscribe the cores: cores // jobs, >= 1."""
     cores = available_cores() if cores is None else cores
     return max(1, cores // max(1, int(n_jobs)))
-
-
-def register_resolvers() -> None:
-    """``${marl_parallel_jobs:<jobs_per_gpu>}``: used by ``conf/hydra/launcher/local.yaml``."""
-    if not OmegaConf.has_resolver("marl_parallel_jobs"):
-        OmegaConf.register_new_resolver("marl_parallel_jobs", lambda per_gpu: parallel_jobs(int(per_gpu)))
 
 
 register_resolvers()  # launcher workers unpickle run_job (importing this module) before they compose
@@ -100,6 +85,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     job_dir = Path(str(hc.runtime.output_dir))
     job_dir.mkdir(parents=True, exist_ok=True)
     threads = _job_threads(hc.launcher, int(cfg.launcher.jobs_per_gpu))
+    exclude = list(hc.job.config.override_dirname.exclude_keys)
+    if exclude and not cfg.get("variant"):  # started by `marl train -m`: one dir per configuration
+        cfg.variant = cliutil.variant_name(list(hc.overrides.task), exclude)
     out = results.seed_dir(cfg)
     record: dict[str, Any] = {"job": job_num, "overrides": list(hc.overrides.task), "seed_dir": str(out),
                               "status": "running", "error": None, "wall_s": 0.0, "threads": threads}
@@ -192,37 +180,69 @@ class SweepPlan:
     n_jobs: int | None  # jobs at once (local launcher); None for a cluster launcher
     expected: int  # jobs the sweep will launch
     launcher: str  # hydra launcher class name
+    seed_dirs: list[Path] = field(default_factory=list)  # every job's seed dir, in launch order
 
 
-def _compose(overrides: list[str], hydra: bool = False) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from marlcli.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            return compose("config", overrides=overrides, return_hydra_config=hydra)
-    finally:
-        GlobalHydra.instance().clear()
+# keys that decide a job's seed dir besides its variant (see results.seed_dir)
+DIR_KEYS = ("results_dir", "env", "env.name", "algo", "algo.name", "run", "variant")
 
 
-def plan(overrides: list[str]) -> SweepPlan:
-    """Where the sweep's status files go and how many jobs to expect; clears stale status files."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def job_seed_dirs(overrides: list[str], exclude: list[str]) -> list[Path]:
+    """The seed dir of every job of the sweep, computed before anything runs.
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    expected = math.prod(len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override())
-    base = [o.input_line if not o.is_sweep_override()
-            else f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" for o in parsed]
-    cfg = _compose(base, hydra=True)
+    Composes once per distinct choice of the keys that name dirs (not once per seed).
+    """
+    from marlcli import results
+
+    parsed = cliutil.parse_overrides(overrides)
+    cache: dict[tuple[str, ...], DictConfig] = {}
+    dirs = []
+    for lines in cliutil.jobs(overrides):
+        named = tuple(line if (not o.sweep or o.key in DIR_KEYS) else o.lines[0]
+                      for o, line in zip(parsed, lines, strict=True))
+        key = tuple(line for o, line in zip(parsed, named, strict=True) if o.key != "seed")
+        if key not in cache:
+            cache[key] = compose(list(key))
+        cfg = cache[key].copy()
+        seeds = [line.split("=", 1)[1] for o, line in zip(parsed, lines, strict=True) if o.key == "seed"]
+        if seeds:
+            cfg.seed = int(seeds[-1]) if seeds[-1].lstrip("-").isdigit() else compose(list(named)).seed
+        if not cfg.get("variant"):
+            cfg.variant = cliutil.variant_name(lines, exclude)
+        dirs.append(results.seed_dir(cfg))
+    return dirs
+
+
+def plan(overrides: list[str], exclude: list[str] | None = None) -> SweepPlan:
+    """Where the sweep's status files go, how many jobs to expect and every job's seed dir.
+
+    Raises ``ConfigError`` (one line) when two jobs would write one seed dir, or when a
+    job's dir already holds a run and the sweep does not say ``resume=auto``. Clears stale
+    status files.
+    """
+    from marlcli import results
+
+    exclude = cliutil.hidden_keys(overrides) if exclude is None else exclude
+    first = cliutil.jobs(overrides)[0]
+    cfg = compose(first, hydra=True)
+    dirs = job_seed_dirs(overrides, exclude)
+    seen: dict[Path, int] = {}
+    for num, d in enumerate(dirs):
+        if d in seen:
+            raise ConfigError(f"sweep jobs {seen[d]} and {num} would both write {d}; give each configuration "
+                              "different values (or its own variant=NAME)")
+        seen[d] = num
+    if not cfg.get("resume"):
+        for d in dirs:
+            if results.holds_run(d):
+                raise ConfigError(f"{d} already holds a run; add resume=auto to continue this sweep, or pick a new "
+                                  "run=NAME")
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
     n_jobs = cfg.hydra.launcher.get("n_jobs")
     for old in sweep_dir.glob(f"*/{STATUS_FILE}"):
         old.unlink()
-    return SweepPlan(sweep_dir, int(n_jobs) if n_jobs is not None else None, expected,
-                     str(cfg.hydra.launcher._target_).rsplit(".", 1)[-1])
+    return SweepPlan(sweep_dir, int(n_jobs) if n_jobs is not None else None, len(dirs),
+                     str(cfg.hydra.launcher._target_).rsplit(".", 1)[-1], dirs)
 
 
 def latest_run(overrides: list[str]) -> str | None:
@@ -231,17 +251,16 @@ def latest_run(overrides: list[str]) -> str | None:
     Looks at ``<results_dir>/<env>/<algo>/*`` for every env/algo the overrides sweep over;
     None when there is none (the sweep then starts a new timestamped run).
     """
-    from marlcli.cli import _combinations
-
-    candidates: list[Path] = []
-    for combo in _combinations(overrides):
-        cfg = _compose(combo)
+    candidates: dict[Path, float] = {}
+    for combo in cliutil.combinations(overrides, limit=0):
+        cfg = compose(combo)
         parent = Path(str(cfg.results_dir)) / str(cfg.env.name) / str(cfg.algo.name)
         if parent.is_dir():
-            candidates += [p for p in parent.iterdir() if p.is_dir() and any(p.glob("seed_*"))]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: max(s.stat().st_mtime for s in p.glob("seed_*"))).name
+            for run in parent.iterdir():
+                seeds = [*run.glob("seed_*"), *run.glob("*/seed_*")]  # single runs and configuration dirs
+                if seeds:
+                    candidates[run] = max(s.stat().st_mtime for s in seeds)
+    return max(candidates, key=lambda p: candidates[p]).name if candidates else None
 
 
 def read_statuses(sweep_dir: Path) -> list[dict[str, Any]]:

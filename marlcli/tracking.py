@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,16 @@ from rich.table import Table
 class Tracker:
     """Progress bar + a short table at each evaluation + plain log file + optional wandb."""
 
-    def __init__(self, cfg: DictConfig, out: Path, resumed: bool = False) -> None:
+    def __init__(self, cfg: DictConfig, out: Path, keep_until_step: int | None = None) -> None:
+        """``keep_until_step``: resuming from that step; ``train.log`` keeps only the lines up to it."""
+        resumed = keep_until_step is not None
         self.console = Console(stderr=True)
         self.title = f"{cfg.algo.name} on {cfg.env.name} seed {cfg.seed}"
         self.logger = logging.getLogger(f"marlcli.run.{out}")
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
+        if resumed:
+            trim_log(out / "train.log", keep_until_step)
         self._handler = logging.FileHandler(out / "train.log", mode="a" if resumed else "w")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         self.logger.addHandler(self._handler)
@@ -67,13 +72,37 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Stop the bar, finish wandb (exit code 1 for a failed run) and release train.log."""
+        if failed:
+            self.logger.info("stopped by an error")
         if self.bar is not None:
             self.bar.stop()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=1 if failed else 0)
         self.logger.removeHandler(self._handler)
         self._handler.close()
+
+
+STEP = re.compile(r"^\S+ \S+ (?:eval )?step=(\d+) ")  # "<date> <time> [eval ]step=<n> ..." lines
+
+
+def trim_log(path: Path, keep_until_step: int) -> None:
+    """Cut ``train.log`` at its first line past ``keep_until_step``, as ``metrics.jsonl`` is on resume.
+
+    Without this a resumed run logs steps after the checkpoint twice (issue 16).
+    """
+    from marlcli.results import atomic_write_text
+
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        m = STEP.match(line)
+        if m and int(m.group(1)) > keep_until_step:
+            break
+        kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 def _fmt(v: Any) -> str:
@@ -87,7 +116,8 @@ def _init_wandb(cfg: DictConfig, out: Path) -> Any:
     mode = cfg.logger.wandb_mode or os.environ.get("WANDB_MODE") or "offline"
     return wandb.init(
         project=cfg.logger.wandb_project, mode=mode, dir=str(out), name=f"seed_{cfg.seed}",
-        group=f"{cfg.env.name}/{cfg.algo.name}/{cfg.run}", config=OmegaConf.to_container(cfg, resolve=True),
+        group="/".join(str(x) for x in (cfg.env.name, cfg.algo.name, cfg.run, cfg.get("variant")) if x),
+        config=OmegaConf.to_container(cfg, resolve=True),
         tags=[str(cfg.env.name), str(cfg.algo.name), f"critic={cfg.critic.type}", f"sharing={cfg.sharing.mode}"],
         reinit=True,
     )

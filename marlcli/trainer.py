@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from marlcli.algos.base import Algorithm
 from marlcli.buffers import Rollout
 from marlcli.envs import make_env
 from marlcli.envs.base import TimeStep, VecEnv
-from marlcli.errors import ConfigError, TrainingError
+from marlcli.errors import CheckpointError, ConfigError, TrainingError
 from marlcli.evaluate import run_episodes
 from marlcli.tracking import Tracker
 
@@ -83,17 +84,46 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
     resume = cfg.get("resume")
     if not resume:
         return cfg, None
-    if resume == "auto":  # multirun: skip finished seeds, continue unfinished ones
+    trusted = [str(cfg.env.get("factory") or "")]  # the factory of today's command line (or marlcli's conf)
+    if resume == "auto":  # multirun: skip finished seeds, continue from the newest readable checkpoint
         out = results.seed_dir(cfg)
-        latest = out / "checkpoints" / "latest.pt"
-        return cfg, (results.load_checkpoint(latest) if latest.exists() else None)
-    payload = results.load_checkpoint(Path(str(resume)))
-    saved = results.checkpoint_config(payload)
+        if (out / results.DONE_FILE).exists() or not results.checkpoints_newest_first(out):
+            return cfg, None
+        try:
+            payload = results.load_checkpoint(out, results.RESUME_KEYS)
+        except CheckpointError as exc:  # nothing readable: start fresh (train() clears the dir)
+            print(f"marl: warning: resume=auto starts {out} afresh: {exc}", file=sys.stderr)
+            return cfg, None
+        _same_run(results.checkpoint_config(payload, trusted), cfg, out)
+        return cfg, payload
+    payload = results.load_checkpoint(Path(str(resume)), results.RESUME_KEYS)
+    saved = results.checkpoint_config(payload, trusted)
     # continue the saved run; a larger train.total_steps extends it, logger settings are today's
     saved.train.total_steps = max(int(saved.train.total_steps), int(cfg.train.total_steps))
     saved.logger = cfg.logger
     saved.resume = None
+    saved.results_dir = results.results_root(Path(payload["_path"]), saved)  # a moved tree resumes where it is
     return saved, payload
+
+
+def _same_run(saved: DictConfig, cfg: DictConfig, out: Path) -> None:
+    """resume=auto continues a run only under the config it was started with (issue 16)."""
+    ignore = ("logger.", "resume", "device", "launcher.", "results_dir", "train.total_steps")
+    a, b = _flat(OmegaConf.to_container(saved, resolve=True)), _flat(OmegaConf.to_container(cfg, resolve=True))
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(ignore)]
+    if diff:
+        raise ConfigError(f"resume=auto: {out} was started with {diff[0]}={a.get(diff[0])!r}, not "
+                          f"{b.get(diff[0])!r}; continue it as it was with resume={out}, or start a new run with "
+                          "run=NAME")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
 
 
 # Sizes and counts that must be >= 1: a 0 or a negative would fail deep inside torch.
@@ -130,108 +160,131 @@ def train(cfg: DictConfig) -> Path:
     out = results.seed_dir(cfg)
     if cfg.get("resume") == "auto" and (out / results.DONE_FILE).exists():
         return out
+    if not cfg.get("resume") and payload is None and results.holds_run(out):  # never mix two runs' files
+        raise ConfigError(f"{out} already holds a run; continue it with resume={out}, start a new one with "
+                          "run=NAME, or delete that dir")
     job = os.environ.get("MARL_JOB_NUM")  # set by marlcli.sweep for multirun jobs
     device = resolve_device(str(cfg.device), job_num=int(job) if job else None)
     check_sizes(cfg)
     keep_freed_memory()
     seed_everything(int(cfg.seed))
     env = make_env(cfg.env, int(cfg.env.num_envs), int(cfg.seed), device)
-    module = load_family(cfg.algo)
-    check_compatible(module, env.spec, cfg)
-    algo: Algorithm = module.make(env.spec, cfg, device)
-    out.mkdir(parents=True, exist_ok=True)
-    results.write_config(out, cfg)
+    cleanup: list[Any] = [env.close]  # run in reverse order, whatever happens
+    failed = True
+    try:  # an error anywhere below still closes the metrics file, the log handler, wandb and the env
+        module = load_family(cfg.algo)
+        check_compatible(module, env.spec, cfg)
+        algo: Algorithm = module.make(env.spec, cfg, device)
 
-    t = cfg.train
-    ts = env.reset()
-    hidden = algo.actor.initial_hidden(env.num_envs)
-    counters = {"step": 0, "time_s": 0.0, "log": 0, "eval": -1, "ckpt": 0}
-    track = {"ep_ret": torch.zeros(env.num_envs, env.spec.n_agents, device=device),
-             "ret_sum": torch.zeros(env.spec.n_agents, device=device), "ret_cnt": torch.zeros((), device=device)}
-    if payload is not None:
-        algo.actor.load_state_dict(payload["actor"])
-        algo.load_state_dict(payload["learner"])
-        ts = env.load_state_dict(payload["env"])
-        hidden = payload.get("hidden", hidden)
-        counters.update(payload["counters"])
-        track = {k: v.to(device) for k, v in payload["track"].items()}
-        torch.set_rng_state(payload["rng"]["torch"])
-    writer = results.MetricsWriter(out / "metrics.jsonl", keep_until_step=counters["step"] if payload else None)
-    tracker = Tracker(cfg, out, resumed=payload is not None)
-    start = time.perf_counter() - counters["time_s"]
-    if payload is None and os.environ.get("MARL_T0"):  # benchmarks: time_s counts from process launch
-        start -= max(0.0, time.time() - float(os.environ["MARL_T0"]))
+        t = cfg.train
+        ts = env.reset()
+        hidden = algo.actor.initial_hidden(env.num_envs)
+        counters = {"step": 0, "time_s": 0.0, "log": 0, "eval": -1, "ckpt": 0}
+        track = {"ep_ret": torch.zeros(env.num_envs, env.spec.n_agents, device=device),
+                 "ret_sum": torch.zeros(env.spec.n_agents, device=device), "ret_cnt": torch.zeros((), device=device)}
+        if payload is not None:  # a foreign or damaged checkpoint fails here with one line, not a traceback
+            results.restore(algo.actor, payload["actor"], "actor", payload)
+            results.restore(algo, payload["learner"], "learner", payload)
+            ts = results.restore(env, payload["env"], "env", payload)
+            try:
+                hidden = payload["hidden"].to(device) if payload.get("hidden") is not None else hidden
+                counters.update({k: type(v)(payload["counters"].get(k, v)) for k, v in counters.items()})
+                saved_track = payload["track"]
+                if any(saved_track[k].shape != v.shape for k, v in track.items()):
+                    raise ValueError("episode-return tracker shapes differ")
+                track = {k: saved_track[k].to(device) for k in track}
+                torch.set_rng_state(payload["rng"]["torch"])
+                if payload["rng"].get("cuda") is not None and device.type == "cuda":
+                    torch.cuda.set_rng_state(payload["rng"]["cuda"], device)
+            except Exception as exc:  # noqa: BLE001
+                why = results.describe(exc)
+                raise CheckpointError(f"{payload['_path']}: its training state does not fit ({why})") from None
+            results.forget_after(out, int(counters["step"]))  # no stale done, eval.json or later step_<n>.pt
+        elif cfg.get("resume") == "auto":
+            results.clear_run(out)  # nothing readable to continue: start afresh in an empty dir
+        out.mkdir(parents=True, exist_ok=True)
+        results.write_config(out, cfg)
+        keep = counters["step"] if payload else None  # resume: trim metrics and train.log past the checkpoint
+        writer = results.MetricsWriter(out / "metrics.jsonl", keep_until_step=keep)
+        cleanup.append(writer.close)
+        tracker = Tracker(cfg, out, keep_until_step=keep)
+        cleanup.append(lambda: tracker.close(failed=failed))  # reads `failed` when it runs
+        start = time.perf_counter() - counters["time_s"]
+        if payload is None and os.environ.get("MARL_T0"):  # benchmarks: time_s counts from process launch
+            start -= max(0.0, time.time() - float(os.environ["MARL_T0"]))
 
-    def elapsed() -> float:
-        return time.perf_counter() - start
+        def elapsed() -> float:
+            return time.perf_counter() - start
 
-    def evaluate() -> None:
-        eval_env = make_env(cfg.env, min(int(t.eval_episodes), int(t.eval_envs)), int(cfg.seed) + EVAL_SEED_OFFSET,
-                            device)
-        res = run_episodes(algo.actor, eval_env, int(t.eval_episodes), bool(t.eval_deterministic))
-        eval_env.close()
-        record = {"step": counters["step"], "time_s": round(elapsed(), 3), **res.summary()}
-        writer.write(record)
-        tracker.eval(record)
-        counters["eval"] = counters["step"]
-
-    def checkpoint() -> None:
-        counters["time_s"] = elapsed()
-        payload_out = {
-            "config": OmegaConf.to_yaml(cfg, resolve=True),
-            "algo": str(cfg.algo.name),
-            "actor": algo.actor.state_dict(),
-            "learner": algo.state_dict(),
-            "env": env.state_dict(),
-            "counters": dict(counters),
-            "track": track,
-            "rng": {"torch": torch.get_rng_state()},
-        }
-        if hidden is not None:
-            payload_out["hidden"] = hidden
-        results.save_checkpoint(out / "checkpoints", counters["step"], payload_out, int(t.keep_checkpoints))
-        counters["ckpt"] = counters["step"]
-
-    if counters["eval"] < 0:
-        evaluate()  # step 0: the untrained policy, for learning curves
-    sps_mark = (counters["step"], elapsed())
-    metrics: dict[str, Any] = {}
-    while counters["step"] < int(t.total_steps):
-        steps: list[tuple[TimeStep, torch.Tensor, TimeStep]] = []
-        for _ in range(algo.rollout_steps):
-            actions, hidden = algo.act(ts, hidden, counters["step"])
-            nts = env.step(actions)
-            steps.append((ts, actions, nts))
-            _track_returns(track, nts)
-            if hidden is not None:
-                hidden = hidden * (~nts.done).view(-1, *([1] * (hidden.dim() - 1)))
-            ts = nts
-        rollout = Rollout.from_steps(steps)
-        prev = counters["step"]
-        counters["step"] += rollout.num_steps
-        metrics = algo.update(rollout, counters["step"])
-        step = counters["step"]
-        if _crossed(prev, step, int(t.log_interval)):
-            now = elapsed()
-            sps = (step - sps_mark[0]) / max(now - sps_mark[1], 1e-9)
-            sps_mark = (step, now)
-            record = {"step": step, "time_s": round(now, 3), "time/sps": round(sps, 1), **_train_returns(track),
-                      **{k: float(v) for k, v in metrics.items()}}
+        def evaluate() -> None:
+            eval_env = make_env(cfg.env, min(int(t.eval_episodes), int(t.eval_envs)), int(cfg.seed) + EVAL_SEED_OFFSET,
+                                device)
+            res = run_episodes(algo.actor, eval_env, int(t.eval_episodes), bool(t.eval_deterministic))
+            eval_env.close()
+            record = {"step": counters["step"], "time_s": round(elapsed(), 3), **res.summary()}
             writer.write(record)
-            tracker.log(record)
-            check_finite(record)
-        if _crossed(prev, step, int(t.eval_interval)):
+            tracker.eval(record)
+            counters["eval"] = counters["step"]
+
+        def checkpoint() -> None:
+            counters["time_s"] = elapsed()
+            payload_out = {
+                "config": OmegaConf.to_yaml(cfg, resolve=True),
+                "algo": str(cfg.algo.name),
+                "actor": algo.actor.state_dict(),
+                "learner": algo.state_dict(),
+                "env": env.state_dict(),
+                "counters": dict(counters),
+                "track": track,
+                "rng": {"torch": torch.get_rng_state(),
+                        **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
+            }
+            if hidden is not None:
+                payload_out["hidden"] = hidden
+            results.save_checkpoint(out / "checkpoints", counters["step"], payload_out, int(t.keep_checkpoints))
+            counters["ckpt"] = counters["step"]
+
+        if counters["eval"] < 0:
+            evaluate()  # step 0: the untrained policy, for learning curves
+        sps_mark = (counters["step"], elapsed())
+        metrics: dict[str, Any] = {}
+        while counters["step"] < int(t.total_steps):
+            steps: list[tuple[TimeStep, torch.Tensor, TimeStep]] = []
+            for _ in range(algo.rollout_steps):
+                actions, hidden = algo.act(ts, hidden, counters["step"])
+                nts = env.step(actions)
+                steps.append((ts, actions, nts))
+                _track_returns(track, nts)
+                if hidden is not None:
+                    hidden = hidden * (~nts.done).view(-1, *([1] * (hidden.dim() - 1)))
+                ts = nts
+            rollout = Rollout.from_steps(steps)
+            prev = counters["step"]
+            counters["step"] += rollout.num_steps
+            metrics = algo.update(rollout, counters["step"])
+            step = counters["step"]
+            if _crossed(prev, step, int(t.log_interval)):
+                now = elapsed()
+                sps = (step - sps_mark[0]) / max(now - sps_mark[1], 1e-9)
+                sps_mark = (step, now)
+                record = {"step": step, "time_s": round(now, 3), "time/sps": round(sps, 1), **_train_returns(track),
+                          **{k: float(v) for k, v in metrics.items()}}
+                writer.write(record)
+                tracker.log(record)
+                check_finite(record)
+            if _crossed(prev, step, int(t.eval_interval)):
+                evaluate()
+            if _crossed(prev, step, int(t.checkpoint_interval)):
+                checkpoint()
+            tracker.progress(step)
+        if counters["eval"] != counters["step"]:
             evaluate()
-        if _crossed(prev, step, int(t.checkpoint_interval)):
+        if counters["ckpt"] != counters["step"] or not (out / "checkpoints" / "latest.pt").exists():
             checkpoint()
-        tracker.progress(step)
-    if counters["eval"] != counters["step"]:
-        evaluate()
-    if counters["ckpt"] != counters["step"] or not (out / "checkpoints" / "latest.pt").exists():
-        checkpoint()
-    writer.close()
-    tracker.close()
-    env.close()
+        failed = False
+    finally:
+        for close in reversed(cleanup):
+            close()
     results.atomic_write_text(out / results.DONE_FILE, f"{counters['step']}\n")
     return out
 

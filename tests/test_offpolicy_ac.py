@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import eval_records, make_cfg
+from conftest import eval_records, learned_and_still, make_cfg
 from conftest import quiet as _quiet
 from omegaconf import DictConfig
 
@@ -59,7 +59,8 @@ def test_maddpg_critic_sees_state_and_all_actions_actor_sees_own_obs() -> None:
     obs2[:, 1:] = torch.randn_like(obs2[:, 1:])
     act1, _ = algo.actor.act(obs2, ts.avail, None, True)
     assert torch.equal(act0[:, 0], act1[:, 0]) and not torch.equal(act0[:, 1], act1[:, 1])
-    assert (act0 >= spec.act_low).all() and (act0 <= spec.act_high).all()
+    low, high = spec.bounds()
+    assert (act0 >= low).all() and (act0 <= high).all()
     # independent DDPG: own observation and own action only
     ind = maddpg.make(spec, compose(SPREAD_C + ["critic=independent"]), torch.device("cpu"))
     assert ind.critic.in_dim == spec.obs_dim + a + n
@@ -107,22 +108,27 @@ def test_rendezvous_reward_and_envs() -> None:
     assert torch.allclose(ts.reward, r[:, None].expand(-1, 4)) and ts.done.all()
     pz = RendezvousParallelEnv(n=4, target=0.7, coupling=2.0)
     pz.reset()
-    _, rew, _, trunc, _ = pz.step({f"agent_{i}": [float(a[1, i])] for i in range(4)})
-    assert rew["agent_3"] == pytest.approx(expect.item(), rel=1e-6) and all(trunc.values())
+    _, rew, term, trunc, _ = pz.step({f"agent_{i}": [float(a[1, i])] for i in range(4)})
+    assert rew["agent_3"] == pytest.approx(expect.item(), rel=1e-6) and all(term.values()) and not any(trunc.values())
 
 
 # ----------------------------------------------------------------------------- learning
-def test_maddpg_learns_continuous_spread(tmp_path) -> None:  # noqa: ANN001
-    cfg = compose(SPREAD_C + quiet(tmp_path, total_steps=20000, eval_interval=20000))
-    rows = evals(train(cfg))
-    assert rows[-1]["eval/return_mean"] > -21.5  # random -26 to -28; standing still about -22
+@pytest.mark.slow
+def test_maddpg_learns_continuous_spread(tmp_path, learn_seed) -> None:  # noqa: ANN001
+    """Standing still (the zero action) scores about -24 here, random about -25: the margin is over standing still."""
+    cfg = compose(SPREAD_C + [f"seed={learn_seed(0)}"] + quiet(tmp_path, total_steps=20000, eval_interval=0))
+    final, still = learned_and_still(cfg)
+    assert final > still + 2.0, (final, still)
 
 
-def test_coma_learns_discrete_spread(tmp_path) -> None:  # noqa: ANN001
-    cfg = compose(["algo=coma", "env=spread", "env.backend=native"]
-                  + quiet(tmp_path, total_steps=40000, eval_interval=40000, eval_deterministic=False))
-    rows = evals(train(cfg))
-    assert rows[-1]["eval/return_mean"] > -25.0  # random: -26 to -28
+@pytest.mark.slow
+def test_coma_learns_discrete_spread(tmp_path, learn_seed) -> None:  # noqa: ANN001
+    """Issue 15: 40k steps ended at -25.51 against -25 once (standing still: about -24). Now a larger budget."""
+    cfg = compose(["algo=coma", "env=spread", "env.backend=native", f"seed={learn_seed(0)}"]
+                  + quiet(tmp_path, total_steps=80000, eval_interval=0, eval_episodes=100, eval_envs=100,
+                          eval_deterministic=False))
+    final, still = learned_and_still(cfg)
+    assert final > still + 2.0, (final, still)
 
 
 def _with_untrained_role(actor: torch.nn.Module, fresh: torch.nn.Module, group: int) -> torch.nn.Module:
@@ -135,6 +141,7 @@ def _with_untrained_role(actor: torch.nn.Module, fresh: torch.nn.Module, group: 
     return mixed
 
 
+@pytest.mark.slow
 def test_maddpg_predators_catch_more_than_untrained(tmp_path) -> None:  # noqa: ANN001
     cfg = compose(["algo=maddpg", "env=tag", "env.backend=native", "sharing=role"]
                   + quiet(tmp_path, total_steps=20000, eval_interval=20000))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import eval_records, make_cfg, train_killed_after
+from conftest import eval_records, learned_and_still, make_cfg, train_killed_after
 from conftest import quiet as _quiet
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,7 +15,7 @@ from marlcli.buffers import EpisodeReplay, Rollout
 from marlcli.cli import main
 from marlcli.envs import make_env
 from marlcli.errors import ConfigError
-from marlcli.nets.mixers import QMixer, VDNMixer
+from marlcli.nets.mixers import QMixer
 from marlcli.returns import nstep_returns, td_lambda
 from marlcli.trainer import train
 
@@ -48,11 +48,42 @@ def test_qmix_is_monotonic_with_nonnegative_weights() -> None:
             assert (mixer(bumped, state) - base >= -1e-6).all()
 
 
-def test_vdn_is_the_sum_of_chosen_utilities() -> None:
-    q = torch.randn(5, 6, 3, 4)
-    actions = torch.randint(0, 4, (5, 6, 3))
-    chosen = q.gather(-1, actions[..., None]).squeeze(-1)
-    torch.testing.assert_close(VDNMixer()(chosen, torch.zeros(5, 6, 2)).squeeze(-1), chosen.sum(-1))
+def test_vdn_loss_is_the_td_error_of_summed_utilities_on_the_mean_reward() -> None:
+    """VDN, one-step targets by hand: y_t = mean_i r_t,i + γ Σ_i max_a Q'_i(o_t+1, a); Q_tot = Σ_i Q_i(o_t, a_t,i).
+
+    Spread's agents get different rewards (collisions), so a mixer that averaged the
+    utilities or summed the rewards would give another loss; episodes end by truncation,
+    so the last step bootstraps from the final observation.
+    """
+    from marlcli.algos import qlearning
+
+    e, steps, g = 4, 3, 0.9
+    cfg = compose(["algo=vdn", "env=spread", "env.backend=native", f"env.num_envs={e}", f"env.max_cycles={steps}",
+                   f"algo.batch_episodes={e}", "algo.td_lambda=0", "algo.double_q=false", f"algo.gamma={g}"])
+    env = make_env(cfg.env, e, 0, torch.device("cpu"))
+    torch.manual_seed(0)
+    algo = qlearning.make(env.spec, cfg, torch.device("cpu"))
+    with torch.no_grad():  # a target net that differs from the online one, so Q' is really used
+        for p in algo.target_actor.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ts, trace = env.reset(), []
+    for _ in range(steps):
+        actions = torch.randint(0, 5, (e, 3))
+        nts = env.step(actions)
+        trace.append((ts, actions, nts))
+        ts = nts
+    assert algo.replay.add(Rollout.from_steps(trace)) == e
+    batch = {k: v[:e] for k, v in algo.replay.data.items()}
+    expected = torch.zeros(())
+    with torch.no_grad():
+        for t, (ts, actions, nts) in enumerate(trace):
+            q_tot = algo.actor.q(ts.obs, None)[0].gather(-1, actions[..., None]).squeeze(-1).sum(-1)  # [E]
+            nxt = nts.final_obs if t == steps - 1 else trace[t + 1][0].obs
+            y = nts.reward.mean(-1) + g * algo.target_actor.q(nxt, None)[0].max(-1).values.sum(-1)
+            expected += ((y - q_tot) ** 2).sum() / (e * steps)
+    assert not torch.equal(torch.stack([n.reward for _, _, n in trace])[..., 0],
+                           torch.stack([n.reward for _, _, n in trace])[..., 1])  # agents' rewards differ
+    torch.testing.assert_close(algo.learn(batch)["loss/td"], expected)
 
 
 def test_iql_loss_is_per_agent_on_own_rewards() -> None:
@@ -154,14 +185,18 @@ def test_episode_replay_variable_lengths_masks_and_shapes() -> None:
 
 
 # ----------------------------------------------------------------------------- learning
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["vdn", "qmix"])
-def test_beats_random_on_spread(tmp_path, algo: str) -> None:  # noqa: ANN001
-    cfg = compose([f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=64", "seed=1",
-                   *quiet(tmp_path, total_steps=300_000, eval_interval=300_000, eval_episodes=100, eval_envs=100)])
-    final = evals(train(cfg))[-1]["eval/return_mean"]
-    assert final >= -22.0, final  # random policy: about -26.4
+def test_beats_standing_still_on_spread(tmp_path, algo: str, learn_seed) -> None:  # noqa: ANN001
+    """Standing still scores about -24 on spread (random -26.4): the margin is over that, on the same episodes."""
+    cfg = compose([f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=64", f"seed={learn_seed(1)}",
+                   "algo.eps_anneal_steps=50000",
+                   *quiet(tmp_path, total_steps=100_000, eval_interval=0, eval_episodes=100, eval_envs=100)])
+    final, still = learned_and_still(cfg)
+    assert final > still + 3.0, (final, still)
 
 
+@pytest.mark.slow
 def test_vdn_with_optimism_reaches_the_optimum_on_coordination(tmp_path) -> None:  # noqa: ANN001
     cfg = compose(["algo=vdn", "env=coordination", "env.backend=native", "env.penalty=-30", "seed=3",
                    "algo.optimism=true", "algo.rollout_steps=1", "algo.batch_episodes=64", "algo.learning_starts=64",
@@ -205,11 +240,33 @@ def test_qmix_on_continuous_actions_is_a_one_line_error(tmp_path, capsys) -> Non
     assert code == 2 and len(err.splitlines()) == 1 and "discrete" in err
 
 
-def test_polyak_targets_work_for_every_mixer(compose_cfg) -> None:
-    """``algo.tau < 1`` (Polyak averaging) must also work for the parameter-free VDN mixer."""
-    from marlcli.trainer import train
+@pytest.mark.parametrize("algo", ["vdn", "qmix"])
+def test_polyak_moves_targets_by_tau_toward_the_online_nets(algo: str) -> None:
+    """``algo.tau < 1``: after one gradient step every target parameter is (1-τ) old + τ new online."""
+    from marlcli.algos import qlearning
 
-    for algo in ("vdn", "qmix"):
-        out = train(compose_cfg(f"algo={algo}", "algo.tau=0.01", "train.total_steps=400", "algo.learning_starts=4",
-                                f"run=polyak-{algo}"))
-        assert (out / "done").exists()
+    tau = 0.25
+    cfg = compose([f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=4", "env.max_cycles=5",
+                   "algo.batch_episodes=4", f"algo.tau={tau}"])
+    env = make_env(cfg.env, 4, 0, torch.device("cpu"))
+    torch.manual_seed(0)
+    learner = qlearning.make(env.spec, cfg, torch.device("cpu"))
+    with torch.no_grad():  # targets apart from the online nets, so a hard copy or no update both fail
+        for p in list(learner.target_actor.parameters()) + list(learner.target_mixer.parameters()):
+            p.add_(torch.randn_like(p))
+    ts, trace = env.reset(), []
+    for _ in range(5):
+        actions = torch.randint(0, 5, (4, 3))
+        nts = env.step(actions)
+        trace.append((ts, actions, nts))
+        ts = nts
+    learner.replay.add(Rollout.from_steps(trace))
+    pairs = [(learner.target_actor, learner.actor), (learner.target_mixer, learner.mixer)]
+    before = [[p.detach().clone() for p in t.parameters()] for t, _ in pairs]
+    online_before = [p.detach().clone() for p in learner.actor.parameters()]
+    learner.learn({k: v[:4] for k, v in learner.replay.data.items()})
+    assert any(not torch.equal(a, b) for a, b in zip(online_before, learner.actor.parameters(), strict=True))
+    for (target, online), old in zip(pairs, before, strict=True):
+        for t, o, p in zip(target.parameters(), online.parameters(), old, strict=True):
+            torch.testing.assert_close(t, p + tau * (o.detach() - p))
+    assert (len(before[1]) == 0) == (algo == "vdn")  # VDN's sum has no parameters; QMIX's hypernetworks do

@@ -12,8 +12,9 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from marlcli import config, sweep
+from marlcli import cliutil, config, sweep
 from marlcli.cli import hydra_task, main
 from marlcli.errors import TrainingError
 from marlcli.results import read_metrics
@@ -26,8 +27,7 @@ TINY = ["env=spread", "env.backend=native", "env.num_envs=4", "algo.rollout_step
 
 
 def compose(overrides: list[str], hydra: bool = False):  # noqa: ANN201
-    config.register()
-    return sweep._compose(overrides, hydra=hydra)
+    return config.compose(overrides, hydra=hydra)
 
 
 # ----------------------------------------------------------------------------- launcher configs
@@ -87,7 +87,8 @@ def test_sweep_with_a_failing_job(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert [r["status"] for r in rows] == ["finished", "failed"]
     assert "Invalid learning rate: -1" in rows[1]["error"]
     assert "sweep: 1 finished, 1 failed" in err and "Invalid learning rate" in err
-    assert (tmp_path / "spread" / "mappo" / "s" / "seed_0" / "done").exists()
+    assert (tmp_path / "spread" / "mappo" / "s" / "algo.lr=0.0007" / "seed_0" / "done").exists()
+    assert not (tmp_path / "spread" / "mappo" / "s" / "algo.lr=-1" / "seed_0" / "done").exists()
 
 
 def test_killed_job_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,3 +147,130 @@ def test_interrupted_sweep_resumes_to_the_same_metrics(tmp_path: Path, capsys: p
         b = _strip_time(cut / "spread" / "mappo" / "r" / f"seed_{seed}" / "metrics.jsonl")
         assert a == b
     assert (s1 / "done").exists()
+
+
+# ----------------------------------------------------------------------------- one dir per configuration (issue 16)
+def test_comparison_sweep_gets_one_dir_per_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The acceptance sweep: 4 configurations x 2 seeds -> 8 complete seed dirs, and report prints 4 rows."""
+    rc = main(["train", "-m", "critic=centralized,independent", "sharing=all,none", "seed=0,1",
+               f"results_dir={tmp_path}", "run=cmp", *TINY])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    run = tmp_path / "spread" / "mappo" / "cmp"
+    dirs = sorted(p.relative_to(run).as_posix() for p in run.glob("*/seed_*"))
+    assert dirs == [f"critic={c},sharing={s}/seed_{k}" for c in ("centralized", "independent")
+                    for s in ("all", "none") for k in (0, 1)]
+    for d in run.glob("*/seed_*"):
+        assert (d / "done").exists()
+        evals = [r["step"] for r in read_metrics(d / "metrics.jsonl") if "eval/return_mean" in r]
+        assert evals == [0, 100, 200, 300]  # complete: no job unlinked another's metrics
+        saved = OmegaConf.load(d / "config.yaml")  # records the dir, so resume=<seed dir> lands in it again
+        assert saved.variant == d.parent.name and f"critic={saved.critic.type}" in d.parent.name
+    assert {Path(r["seed_dir"]).relative_to(run).as_posix() for r in sweep.read_statuses(tmp_path / ".sweeps" / "cmp")}\
+        == set(dirs)
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in (run / "report.md").read_text().splitlines() if ln.startswith("| spread |")]
+    assert len(rows) == 4 and all("| 2/2 |" in ln for ln in rows), rows
+    assert "critic" in out and "sharing" in out
+
+
+def test_hyperparameter_sweep_gets_two_dirs(tmp_path: Path) -> None:
+    assert main(["train", "-m", "algo.lr=1e-3,3e-3", "seed=0", f"results_dir={tmp_path}", "run=lr",
+                 "launcher.isolate=false", *TINY]) == 0
+    run = tmp_path / "spread" / "mappo" / "lr"
+    assert sorted(p.relative_to(run).as_posix() for p in run.glob("*/seed_*")) == \
+        ["algo.lr=0.001/seed_0", "algo.lr=0.003/seed_0"]  # Hydra's canonical spelling of each value
+    assert OmegaConf.load(run / "algo.lr=0.003" / "seed_0" / "config.yaml").algo.lr == 3e-3
+    # the parent's plan computed the same dirs the jobs wrote (so its duplicate check means something)
+    over = ["algo.lr=1e-3,3e-3", "seed=0", f"results_dir={tmp_path}", "run=lr", "launcher.isolate=false", *TINY]
+    assert sweep.job_seed_dirs(over, cliutil.hidden_keys(over)) == \
+        [Path(r["seed_dir"]) for r in sweep.read_statuses(tmp_path / ".sweeps" / "lr")]
+
+
+def test_variant_names() -> None:
+    over = ["-m", "critic=centralized,independent", "sharing=all,none", "seed=0,1", "algo.lr=1e-3", "run=x"]
+    over = over[1:]
+    hidden = cliutil.hidden_keys(over)
+    assert cliutil.variant_keys(over) == ["critic", "sharing"]
+    assert {"seed", "run", "algo.lr", "env", "algo"} <= set(hidden)
+    job = ["critic=independent", "sharing=none", "seed=1", "algo.lr=1e-3", "run=x"]
+    assert cliutil.variant_name(job, hidden) == "critic=independent,sharing=none"
+    assert cliutil.variant_name(["sharing=none", "critic=independent"], hidden) == "critic=independent,sharing=none"
+    assert cliutil.variant_name(["++env.kwargs.N=3", "env.kwargs.x='a b/c'"], ["seed"]) == \
+        "env.kwargs.N=3,env.kwargs.x=_a_b_c_"
+    assert cliutil.safe_name("..") == "_.."
+    # a sweep of the env or algo group, or of seeds only, keeps the single-run layout
+    assert cliutil.variant_keys(["env=spread,tag", "algo=mappo,qmix", "seed=0,1"]) == []
+
+
+def test_default_run_names_are_unique_within_a_second() -> None:
+    names = {cliutil.default_run_name() for _ in range(50)}
+    assert len(names) == 50
+    assert all(len(n.rsplit("_", 1)[1]) == 6 for n in names)
+
+
+def test_plan_refuses_jobs_that_share_a_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["train", "-m", "seed=0,0", f"results_dir={tmp_path}", "run=dup", *TINY])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "would both write" in err and "seed_0" in err
+    assert not (tmp_path / "spread").exists()  # nothing ran
+    rc = main(["train", "-m", "variant=same", "algo.lr=1e-3,2e-3", f"results_dir={tmp_path}", "run=dup", *TINY])
+    assert rc == 2 and "would both write" in capsys.readouterr().err
+
+
+def test_full_product_is_validated_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """qmix is discrete-only: [qmix, continuous] must be caught although each value alone is fine."""
+    combos = cliutil.combinations(["algo=mappo,qmix", "env.continuous_actions=false,true"])
+    assert ["algo=qmix", "env.continuous_actions=True"] in combos and len(combos) == 4
+    rc = main(["train", "-m", "algo=mappo,qmix", "env.continuous_actions=false,true", f"results_dir={tmp_path}",
+               "run=v", *[o for o in TINY if not o.startswith("algo.")]])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "qmix" in err and "continuous" in err
+    assert not (tmp_path / "spread").exists()
+
+
+def test_large_sweeps_validate_every_env_algo_combination() -> None:
+    big = ["algo=mappo,qmix", "env.continuous_actions=false,true", "algo.lr=" + ",".join(str(i) for i in range(1, 80)),
+           "seed=0,1"]
+    combos = cliutil.combinations(big, limit=100)
+    structural = {(c[0], c[1]) for c in combos}
+    assert len(structural) == 4 and len(combos) == 4 + 78 + 1
+    assert cliutil.n_jobs(big) == 2 * 2 * 79 * 2
+
+
+def test_rerunning_a_sweep_without_resume_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "-m", "seed=0", f"results_dir={tmp_path}", "run=again", "launcher.isolate=false", *TINY]
+    assert main(args) == 0
+    metrics = tmp_path / "spread" / "mappo" / "again" / "seed_0" / "metrics.jsonl"
+    before = metrics.read_text()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already holds a run" in err and "resume=auto" in err and "run=" in err
+    assert metrics.read_text() == before
+    assert main([*args, "resume=auto"]) == 0  # the documented way on: every job is skipped
+    assert [r["status"] for r in sweep.read_statuses(tmp_path / ".sweeps" / "again")] == ["skipped"]
+
+
+def test_makefile_train_twice_uses_fresh_run_names(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "pyproject.toml").touch()
+    stamp = tmp_path / "stamp"  # newer than pyproject.toml: make sees the venv as installed and prints only
+    stamp.touch()
+    names = []
+    for _ in range(2):
+        out = subprocess.run(["make", "-s", "-n", "-C", str(root), "train", f"STAMP={stamp}"], capture_output=True,
+                             text=True, check=True).stdout
+        [train_line] = [ln for ln in out.splitlines() if " train " in ln]
+        [run] = [a.split("=", 1)[1] for a in train_line.split() if a.startswith("run=")]
+        [eval_line] = [ln for ln in out.splitlines() if " eval " in ln]
+        assert f"results/spread/mappo/{run}" in eval_line
+        names.append(run)
+    assert names[0] != names[1] and all(n.startswith("quickstart_") for n in names)
+    (tmp_path / "results" / "spread" / "mappo" / "quickstart_2020-01-01_00-00-00_aaaa").mkdir(parents=True)
+    newest = tmp_path / "results" / "spread" / "mappo" / "quickstart_2030-01-01_00-00-00_bbbb"
+    newest.mkdir()
+    out = subprocess.run(["make", "-s", "-n", "-f", str(root / "Makefile"), "eval", f"STAMP={stamp}"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    assert "results/spread/mappo/quickstart_2030-01-01_00-00-00_bbbb" in out

@@ -6,7 +6,7 @@ Environments". Agent i's actor ``mu_i(o_i)`` sees only its own observation; its 
 centralized``) or only ``(o_i, a_i)`` (``critic.type=independent``: independent DDPG).
 Each critic is trained on agent i's OWN reward, so competitive and mixed games work.
 
-Continuous actions are squashed into ``[spec.act_low, spec.act_high]`` by a sigmoid and
+Continuous actions are squashed into each agent's own bounds (``spec.bounds()``) by a sigmoid and
 explored with Gaussian noise. Discrete actions use Gumbel-softmax (as the paper): the
 critic gets a straight-through one-hot, exploration samples it, evaluation is greedy.
 With parameter sharing (``sharing=all``) the per-agent actors and critics are one
@@ -62,7 +62,9 @@ class DeterministicActor(nn.Module):
     def __init__(self, spec: EnvSpec, sharing: str, hidden: int, layers: int, activation: str) -> None:
         super().__init__()
         self.add_id, self.discrete = sharing == "all", spec.discrete
-        self.low, self.high = float(spec.act_low), float(spec.act_high)
+        low, high = spec.bounds()
+        self.register_buffer("low", low, persistent=False)  # [N, A]: each agent its own bounds
+        self.register_buffer("high", high, persistent=False)
         in_dim = spec.obs_dim + (spec.n_agents if self.add_id else 0)
         self.net = AgentMLP(in_dim, spec.act_dim, agent_groups(sharing, spec), hidden, layers, activation,
                             out_gain=0.01)
@@ -143,6 +145,7 @@ class MADDPG:
         self.critic_optim = adam(self.critic.parameters(), a.critic_lr)
         self.replay = TransitionReplay(a.buffer_size, device)
         self.act_mask = spec.action_mask().to(device)
+        self.low, self.high = (x.to(device) for x in spec.bounds())  # [N, A]
 
     # ------------------------------------------------------------------ acting
     def _one_hot(self, actions: Tensor) -> Tensor:
@@ -162,15 +165,16 @@ class MADDPG:
         with torch.no_grad():
             if step < self.cfg.learning_starts:  # uniform random warm-up
                 if self.spec.discrete:
-                    return torch.multinomial(ts.avail.flatten(0, 1).float(), 1).view(ts.avail.shape[:2]), None
+                    probs = ts.avail.flatten(0, 1).float()
+                    probs[:, 0] += probs.sum(-1) == 0  # an agent with no action (finished early) gets a placeholder 0
+                    return torch.multinomial(probs, 1).view(ts.avail.shape[:2]), None
                 u = torch.rand(ts.obs.shape[:2] + (self.spec.act_dim,), device=ts.obs.device)
-                return (self.spec.act_low + (self.spec.act_high - self.spec.act_low) * u) * self.act_mask, None
+                return (self.low + (self.high - self.low) * u) * self.act_mask, None
             if self.spec.discrete:
                 return self._policy_action(self.actor, ts.obs, ts.avail, explore=True).argmax(-1), None
             mean, _ = self.actor.act(ts.obs, ts.avail, None, deterministic=True)
-            width = self.spec.act_high - self.spec.act_low
-            noisy = mean + self.cfg.noise_std * width * torch.randn_like(mean)
-            return noisy.clamp(self.spec.act_low, self.spec.act_high) * self.act_mask, None
+            noisy = mean + self.cfg.noise_std * (self.high - self.low) * torch.randn_like(mean)
+            return torch.minimum(torch.maximum(noisy, self.low), self.high) * self.act_mask, None
 
     # ------------------------------------------------------------------ learning
     def update(self, r: Rollout, step: int) -> dict[str, Any]:

@@ -7,9 +7,12 @@ sizes share one tensor: observations are zero-padded to the largest size and the
 missing discrete actions are marked unavailable (as EPyMARL does).
 
 Episodes auto-reset: when ``done[b]`` is true, ``obs[b]`` already belongs to the next
-episode and ``final_obs[b]`` / ``final_state[b]`` hold the last observation of the
-finished one, so learners can bootstrap correctly on truncation (mpe2 episodes end by
-truncation at ``max_cycles``).
+episode and ``final_obs[b]`` / ``final_state[b]`` / ``final_avail[b]`` / ``final_alive[b]``
+hold the last observation, masks and alive flags of the finished one, so learners
+bootstrap correctly on truncation (mpe2 episodes end by truncation at ``max_cycles``) and
+never with the next episode's masks. Where ``done[b]`` is false the ``final_*`` fields
+equal the plain ones, so ``next_obs[t] == obs[t + 1]`` holds for every copy that goes on
+(``tests/test_env_contract.py`` checks this for every backend).
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ class EnvSpec:
     discrete: bool
     state_dim: int
     episode_limit: int  # longest possible episode (steps)
-    act_low: float = -1.0  # continuous action bounds (ignored when discrete)
-    act_high: float = 1.0
+    # continuous action bounds (ignored when discrete): one float for every agent and dim,
+    # a float per agent, or a list per agent (one bound per action dim); see ``bounds()``
+    act_low: float | list[float] | list[list[float]] = -1.0
+    act_high: float | list[float] | list[list[float]] = 1.0
     # episode statistics the env reports in TimeStep.info: name -> "sum" | "last"
     stats: dict[str, str] = field(default_factory=dict)
 
@@ -66,6 +71,17 @@ class EnvSpec:
         roles = self.roles
         return [roles.index(role_of(a)) for a in self.agents]
 
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """Continuous action bounds ``low, high`` as ``[N, A]`` tensors (padded dims: 0, 0)."""
+        out = []
+        for spec in (self.act_low, self.act_high):
+            t = torch.zeros(self.n_agents, self.act_dim)
+            for i, d in enumerate(self.act_dims):
+                v = spec[i] if isinstance(spec, (list, tuple)) else spec
+                t[i, :d] = torch.as_tensor(v, dtype=torch.float32).expand(d)
+            out.append(t)
+        return out[0], out[1]
+
     def action_mask(self) -> Tensor:
         """``[N, A]`` bool: the actions (or continuous dims) each agent really has."""
         mask = torch.zeros(self.n_agents, self.act_dim, dtype=torch.bool)
@@ -91,6 +107,10 @@ class TimeStep:
     alive: Tensor  # [B, N] bool, agent is active in ``obs`` and acts next (early finishers: False)
     final_obs: Tensor  # [B, N, O] last observation of the finished episode (== obs where not done)
     final_state: Tensor  # [B, S]
+    final_avail: Tensor  # [B, N, A] available actions at final_obs (== avail where not done)
+    # [B, N] agent still has a value at final_obs (== alive where not done; at done: acted
+    # and not terminated, so a truncated agent bootstraps and a terminated one does not)
+    final_alive: Tensor
     info: dict[str, Tensor] = field(default_factory=dict)  # per-step stats, each [B]
 
 
@@ -126,6 +146,7 @@ def empty_step(
     """A TimeStep right after reset: zero reward, nothing done, everyone alive."""
     b, n = obs.shape[:2]
     dev = obs.device
+    alive = torch.ones(b, n, device=dev, dtype=torch.bool)
     return TimeStep(
         obs=obs,
         state=state,
@@ -134,8 +155,10 @@ def empty_step(
         terminated=torch.zeros(b, n, device=dev, dtype=torch.bool),
         truncated=torch.zeros(b, device=dev, dtype=torch.bool),
         done=torch.zeros(b, device=dev, dtype=torch.bool),
-        alive=torch.ones(b, n, device=dev, dtype=torch.bool),
+        alive=alive,
         final_obs=obs,
         final_state=state,
+        final_avail=avail,
+        final_alive=alive,
         info=info or {},
     )

@@ -60,6 +60,7 @@ class MatrixGame(ParallelEnv):
         self.payoff, self.observe_last, self.max_cycles = np.asarray(payoff, np.float32), observe_last, int(max_cycles)
         self.possible_agents = list(agents)
         self.agents: list[str] = []
+        self.render_mode = None  # nothing to render (PettingZoo's API test asks)
         n0, n1 = self.payoff.shape[:2]
         self.obs_dim = n0 * n1 if observe_last else 1
         self._act = {agents[0]: spaces.Discrete(n0), agents[1]: spaces.Discrete(n1)}
@@ -159,10 +160,14 @@ class MatrixVecEnv:
         self.last = torch.where(done, -1, self.last)
         obs, state = self._obs()
         b = self.num_envs
-        return TimeStep(obs=obs, state=state, avail=self._avail(), reward=reward,
-                        terminated=done[:, None].expand(b, 2).clone(), truncated=torch.zeros_like(done),
+        terminated = done[:, None].expand(b, 2).clone()
+        avail = self._avail()
+        return TimeStep(obs=obs, state=state, avail=avail, reward=reward,
+                        terminated=terminated, truncated=torch.zeros_like(done),
                         done=done, alive=torch.ones(b, 2, dtype=torch.bool, device=self.device),
-                        final_obs=final_obs, final_state=final_state, info={})
+                        final_obs=final_obs, final_state=final_state,
+                        final_avail=avail & ~terminated[..., None],  # a finished agent has no actions left
+                        final_alive=~terminated, info={})
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"t": self.t.clone(), "last": self.last.clone()}

@@ -3,7 +3,15 @@
 The copies are stepped one after another in Python on the CPU (this is the reference
 backend; ``backend=native`` is the fast one). Each copy is reset with a seed derived
 from (run seed, copy index, episode count), so trajectories depend only on the seed and
-the actions, and a run resumed at an episode boundary continues exactly.
+the actions. ``state_dict`` holds those counters plus the actions taken since each
+copy's episode began; ``load_state_dict`` resets with the same seeds and replays them,
+so a run resumed mid-episode continues exactly (for envs that are deterministic given
+their reset seed and the actions, as PettingZoo's seed test demands) without pickling
+the env.
+
+Action masks: a ``Dict`` observation space with ``observation`` and ``action_mask`` keys
+(PettingZoo's classic convention), or ``infos[agent]["action_mask"]``, mark actions
+unavailable per step; agents that are not in ``env.agents`` have none.
 """
 
 from __future__ import annotations
@@ -92,20 +100,26 @@ class PettingZooVecEnv:
         self.num_envs, self.seed, self.device = num_envs, seed, device
         first = self.envs[0]
         agents = list(first.possible_agents)
-        obs_dims, act_dims, discrete = [], [], []
-        low, high = -1.0, 1.0
+        obs_dims, act_dims, discrete, lows, highs = [], [], [], [], []
+        self._dict_obs: list[bool] = []
         for a in agents:
             o, s = first.observation_space(a), first.action_space(a)
+            dict_obs = isinstance(o, spaces.Dict) and "observation" in o.spaces
+            self._dict_obs.append(dict_obs)
+            o = o["observation"] if dict_obs else o
             if not isinstance(o, spaces.Box):
                 raise ConfigError(f"env '{name}': agent {a} has a {type(o).__name__} observation; need Box")
             obs_dims.append(int(np.prod(o.shape)))
             if isinstance(s, spaces.Discrete):
                 act_dims.append(int(s.n))
                 discrete.append(True)
+                lows.append(0.0)
+                highs.append(0.0)
             elif isinstance(s, spaces.Box):
                 act_dims.append(int(np.prod(s.shape)))
                 discrete.append(False)
-                low, high = float(np.min(s.low)), float(np.max(s.high))
+                lows.append([float(x) for x in np.broadcast_to(s.low, s.shape).ravel()])  # each agent its own bounds
+                highs.append([float(x) for x in np.broadcast_to(s.high, s.shape).ravel()])
             else:
                 raise ConfigError(f"env '{name}': agent {a} has a {type(s).__name__} action; need Discrete or Box")
         if len(set(discrete)) > 1:
@@ -120,47 +134,83 @@ class PettingZooVecEnv:
                 self._has_state = False
         if not self._has_state:
             state_dim = sum(obs_dims)
-        limit = int(getattr(first.unwrapped, "max_cycles", max_cycles))
-        stats, self._stats_fn = _STATS.get(name, ({}, None))
-        self.spec = EnvSpec(name, agents, obs_dims, act_dims, discrete[0], state_dim, limit, low, high, dict(stats))
-        self._avail = self.spec.action_mask().to(device)
-        self._obs = np.zeros((num_envs, len(agents), self.spec.obs_dim), dtype=np.float32)
-        self._state = np.zeros((num_envs, state_dim), dtype=np.float32)
-        self._alive = np.ones((num_envs, len(agents)), dtype=bool)
+        self.spec = EnvSpec(name, agents, obs_dims, act_dims, discrete[0], state_dim, episode_limit(first, max_cycles),
+                            lows, highs, dict(_STATS.get(name, ({}, None))[0]))
+        self._stats_fn = _STATS.get(name, ({}, None))[1]
+        self._low, self._high = (x.numpy() for x in self.spec.bounds())
+        self._static = self.spec.action_mask().numpy()  # [N, A] the actions each agent really has
+        n, b = len(agents), num_envs
+        self._obs = np.zeros((b, n, self.spec.obs_dim), dtype=np.float32)
+        self._state = np.zeros((b, state_dim), dtype=np.float32)
+        self._alive = np.ones((b, n), dtype=bool)
+        self._avail = np.ones((b, n, self.spec.act_dim), dtype=bool)
+        self._mask = np.ones((b, n, self.spec.act_dim), dtype=bool)  # the env's masks, before the alive flags
+        self._history: list[list[np.ndarray]] = [[] for _ in range(b)]  # actions since each episode began
 
     @classmethod
     def from_config(cls, cfg: DictConfig, num_envs: int, seed: int, device: torch.device) -> PettingZooVecEnv:
         factory = load_factory(str(cfg.factory))
-        kwargs = OmegaConf.to_container(cfg.get("kwargs") or {}, resolve=True)
-        return cls(factory, dict(kwargs), num_envs, seed, device, str(cfg.name), int(cfg.get("max_cycles", 25)))
+        kw = cfg.get("kwargs")
+        kwargs = OmegaConf.to_container(kw, resolve=True) if isinstance(kw, DictConfig) else dict(kw or {})
+        return cls(factory, dict(kwargs), num_envs, seed, device, str(cfg.name), int(cfg.get("max_cycles") or 25))
 
     def _episode_seed(self, b: int) -> int:
         return int(np.random.SeedSequence([self.seed, b, int(self.episodes[b])]).generate_state(1)[0])
 
-    def _write(self, b: int, obs: dict[str, np.ndarray]) -> None:
-        """Copy one copy's observation dict into the padded arrays; state likewise."""
+    def _write(self, b: int, obs: dict[str, Any], infos: dict[str, Any]) -> None:
+        """Copy one copy's observation dict into the padded arrays; masks, alive flags and state likewise."""
         self._obs[b] = 0.0
         env = self.envs[b]
         live = set(env.agents)  # an agent that just finished still gets its last obs, but is not alive
         for i, a in enumerate(self.spec.agents):
             self._alive[b, i] = a in live
-            if a in obs:
-                self._obs[b, i, : self.spec.obs_dims[i]] = np.asarray(obs[a], dtype=np.float32).ravel()
+            mask = self._static[i].copy()
+            o = obs.get(a)
+            if o is not None:
+                if self._dict_obs[i]:
+                    mask[: self.spec.act_dims[i]] &= np.asarray(o["action_mask"], dtype=bool).ravel()
+                    o = o["observation"]
+                self._obs[b, i, : self.spec.obs_dims[i]] = np.asarray(o, dtype=np.float32).ravel()
+            info_mask = (infos.get(a) or {}).get("action_mask")
+            if info_mask is not None:
+                mask[: self.spec.act_dims[i]] &= np.asarray(info_mask, dtype=bool).ravel()
+            self._mask[b, i] = mask
+            self._avail[b, i] = mask & self._alive[b, i]
         if self._has_state:
             self._state[b] = np.asarray(env.state(), dtype=np.float32).ravel()
         else:
             self._state[b] = np.concatenate([self._obs[b, i, :d] for i, d in enumerate(self.spec.obs_dims)])
 
     def _reset_copy(self, b: int) -> None:
-        obs, _ = self.envs[b].reset(seed=self._episode_seed(b))
+        obs, infos = self.envs[b].reset(seed=self._episode_seed(b))
         self.episodes[b] += 1
-        self._write(b, obs)
+        self._history[b] = []
+        self._write(b, obs, infos or {})
+
+    def _step_copy(self, b: int, acts: np.ndarray) -> tuple[dict, dict, dict]:
+        """Send copy ``b``'s actions (``[N]`` or ``[N, A]``) for its live agents; returns reward, term, trunc."""
+        spec, env = self.spec, self.envs[b]
+        live = [i for i in range(spec.n_agents) if self._alive[b, i]]
+        if spec.discrete:
+            act = {spec.agents[i]: int(acts[i]) for i in live}
+        else:
+            act = {spec.agents[i]: np.clip(acts[i, : spec.act_dims[i]], self._low[i, : spec.act_dims[i]],
+                                           self._high[i, : spec.act_dims[i]]).astype(np.float32) for i in live}
+        obs, rew, term, trunc, infos = env.step(act)
+        self._history[b].append(np.asarray(acts).copy())
+        self._write(b, obs, infos or {})
+        return rew, term, trunc
+
+    def _current(self) -> TimeStep:
+        obs, state, avail = self._tensors()
+        ts = empty_step(self.spec, obs, state, avail)
+        ts.alive = ts.final_alive = torch.as_tensor(self._alive.copy(), device=self.device)
+        return ts
 
     def _tensors(self) -> tuple[Tensor, Tensor, Tensor]:
-        obs = torch.as_tensor(self._obs.copy(), device=self.device)
-        state = torch.as_tensor(self._state.copy(), device=self.device)
-        avail = self._avail.expand(self.num_envs, -1, -1) & torch.as_tensor(self._alive, device=self.device)[..., None]
-        return obs, state, avail
+        dev = self.device
+        return (torch.as_tensor(self._obs.copy(), device=dev), torch.as_tensor(self._state.copy(), device=dev),
+                torch.as_tensor(self._avail.copy(), device=dev))
 
     def _stats(self, b: int) -> dict[str, float]:
         return self._stats_fn(self.envs[b]) if self._stats_fn else {}
@@ -168,68 +218,82 @@ class PettingZooVecEnv:
     def reset(self) -> TimeStep:
         for b in range(self.num_envs):
             self._reset_copy(b)
-        obs, state, avail = self._tensors()
-        ts = empty_step(self.spec, obs, state, avail)
-        ts.alive = torch.as_tensor(self._alive.copy(), device=self.device)
-        return ts
+        return self._current()
 
     def step(self, actions: Tensor) -> TimeStep:
-        spec, n = self.spec, self.spec.n_agents
+        spec, n, nb = self.spec, self.spec.n_agents, self.num_envs
         acts = actions.detach().cpu().numpy()
-        reward = np.zeros((self.num_envs, n), dtype=np.float32)
-        terminated = np.zeros((self.num_envs, n), dtype=bool)
-        truncated = np.zeros(self.num_envs, dtype=bool)
-        done = np.zeros(self.num_envs, dtype=bool)
-        final_obs, final_state = self._obs.copy(), self._state.copy()
-        info = {k: np.zeros(self.num_envs, dtype=np.float32) for k in spec.stats}
+        reward = np.zeros((nb, n), dtype=np.float32)
+        terminated = np.zeros((nb, n), dtype=bool)
+        truncated = np.zeros(nb, dtype=bool)
+        done = np.zeros(nb, dtype=bool)
+        final_obs, final_state = np.empty_like(self._obs), np.empty_like(self._state)
+        final_avail, final_alive = np.empty_like(self._avail), np.empty_like(self._alive)
+        info = {k: np.zeros(nb, dtype=np.float32) for k in spec.stats}
         for b, env in enumerate(self.envs):
-            live = [a for i, a in enumerate(spec.agents) if self._alive[b, i]]
-            if spec.discrete:
-                act = {a: int(acts[b, spec.agents.index(a)]) for a in live}
-            else:
-                act = {
-                    a: np.clip(acts[b, i, : spec.act_dims[i]], spec.act_low, spec.act_high).astype(np.float32)
-                    for i, a in enumerate(spec.agents)
-                    if a in live
-                }
-            obs, rew, term, trunc, _ = env.step(act)
+            acted = self._alive[b].copy()
+            live = [a for i, a in enumerate(spec.agents) if acted[i]]
+            rew, term, trunc = self._step_copy(b, acts[b])
             for i, a in enumerate(spec.agents):
                 reward[b, i] = float(rew.get(a, 0.0))
                 terminated[b, i] = bool(term.get(a, False))
             for k, v in self._stats(b).items():
                 info[k][b] = v
-            self._write(b, obs)
             over = not env.agents or all(term.get(a, False) or trunc.get(a, False) for a in live)
+            # the true last observation, masks and alive flags, before any reset (issue 15)
+            final_obs[b], final_state[b] = self._obs[b], self._state[b]
+            final_avail[b], final_alive[b] = self._avail[b], self._alive[b]
             if over:
                 done[b] = True
                 truncated[b] = any(trunc.get(a, False) for a in live) and not all(term.get(a, False) for a in live)
-                final_obs[b], final_state[b] = self._obs[b], self._state[b]
+                final_alive[b] = acted & ~terminated[b]  # truncated agents still have a value to bootstrap
+                final_avail[b] = self._mask[b] & final_alive[b][:, None]  # the env's last masks
                 self._reset_copy(b)
         obs, state, avail = self._tensors()
         dev = self.device
+        t = lambda x: torch.as_tensor(x, device=dev)  # noqa: E731
         return TimeStep(
-            obs=obs,
-            state=state,
-            avail=avail,
-            reward=torch.as_tensor(reward, device=dev),
-            terminated=torch.as_tensor(terminated, device=dev),
-            truncated=torch.as_tensor(truncated, device=dev),
-            done=torch.as_tensor(done, device=dev),
-            alive=torch.as_tensor(self._alive.copy(), device=dev),
-            final_obs=torch.as_tensor(final_obs, device=dev),
-            final_state=torch.as_tensor(final_state, device=dev),
-            info={k: torch.as_tensor(v, device=dev) for k, v in info.items()},
+            obs=obs, state=state, avail=avail, reward=t(reward), terminated=t(terminated), truncated=t(truncated),
+            done=t(done), alive=t(self._alive.copy()), final_obs=t(final_obs), final_state=t(final_state),
+            final_avail=t(final_avail), final_alive=t(final_alive), info={k: t(v) for k, v in info.items()},
         )
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Episode counters: enough to continue exactly from an episode boundary."""
-        return {"episodes": torch.as_tensor(self.episodes)}
+        """Episode counters and each copy's actions since its episode began (tensors only, no pickled env)."""
+        out = {"episodes": torch.as_tensor(self.episodes.copy())}  # a snapshot: as_tensor alone shares memory
+        for b, hist in enumerate(self._history):
+            shape = (0, self.spec.n_agents) + (() if self.spec.discrete else (self.spec.act_dim,))
+            out[f"actions.{b}"] = torch.as_tensor(np.stack(hist)) if hist else torch.zeros(shape)
+        return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> TimeStep:
-        """Restore the counters and start fresh episodes (exact when saved at a boundary)."""
-        self.episodes = state["episodes"].cpu().numpy().astype(np.int64) - 1
-        return self.reset()
+        """Reset every copy with the seed its episode had, replay its actions: exact mid-episode."""
+        from marlcli.errors import CheckpointError
+
+        episodes = state.get("episodes")
+        if episodes is None or tuple(episodes.shape) != (self.num_envs,):
+            raise CheckpointError(f"PettingZoo env state does not match {self.num_envs} env copies")
+        self.episodes = episodes.cpu().numpy().astype(np.int64) - 1
+        for b in range(self.num_envs):
+            self._reset_copy(b)
+            for acts in state.get(f"actions.{b}", torch.zeros(0)).cpu().numpy():
+                self._step_copy(b, acts)
+        return self._current()
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def episode_limit(env: Any, fallback: int) -> int:
+    """The longest episode: the env's ``max_cycles`` / ``max_steps`` / ``max_num_steps``, else ``fallback``.
+
+    ``fallback`` is ``env.max_cycles``; an episode longer than the limit is an error in
+    episode replay (``EpisodeReplay.add``), never silently spliced.
+    """
+    raw = getattr(env, "unwrapped", env)
+    for attr in ("max_cycles", "max_steps", "max_num_steps", "max_episode_steps"):
+        v = getattr(raw, attr, None)
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0:
+            return int(v)
+    return int(fallback)

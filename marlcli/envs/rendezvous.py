@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pettingzoo import ParallelEnv
 from torch import Tensor
 
 from marlcli.envs.base import EnvSpec, TimeStep, empty_step
@@ -38,7 +39,7 @@ def _check(n: int, bound: float) -> None:
         raise ConfigError(f"env.bound={bound} must be positive (actions lie in [-bound, bound])")
 
 
-class RendezvousParallelEnv:
+class RendezvousParallelEnv(ParallelEnv):
     """PettingZoo ParallelEnv version (one copy; actions ``Box(-bound, bound, (1,))``)."""
 
     metadata = {"name": "rendezvous_v0", "render_modes": []}
@@ -50,13 +51,10 @@ class RendezvousParallelEnv:
         self.n, self.target, self.coupling, self.bound = int(n), float(target), float(coupling), float(bound)
         self.possible_agents = [f"agent_{i}" for i in range(self.n)]
         self.agents: list[str] = []
+        self.render_mode = None  # nothing to render (PettingZoo's API test asks)
         self._obs_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self._act_space = spaces.Box(-self.bound, self.bound, (1,), dtype=np.float32)
         self.max_cycles = 1
-
-    @property
-    def unwrapped(self) -> RendezvousParallelEnv:
-        return self
 
     def observation_space(self, agent: str) -> Any:
         return self._obs_space
@@ -76,8 +74,8 @@ class RendezvousParallelEnv:
         r = float(rendezvous_reward(a.clamp(-self.bound, self.bound), self.target, self.coupling))
         obs = self._obs()
         rew = {x: r for x in self.agents}
-        term = {x: False for x in self.agents}
-        trunc = {x: True for x in self.agents}  # one step per episode, cut by the time limit
+        term = {x: True for x in self.agents}  # the one-shot game is over: nothing to bootstrap (issue 15)
+        trunc = {x: False for x in self.agents}
         infos = {x: {} for x in self.agents}
         self.agents = []
         return obs, rew, term, trunc, infos
@@ -120,8 +118,10 @@ class RendezvousEnv:
         r = rendezvous_reward(a, self.target, self.coupling)
         ts = self._first()
         ts.reward = r[:, None].expand(-1, self.n).clone()
-        ts.truncated = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        ts.done = ts.truncated.clone()
+        ts.terminated = torch.ones(self.num_envs, self.n, dtype=torch.bool, device=self.device)  # game over
+        ts.done = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        ts.final_alive = ~ts.terminated
+        ts.final_avail = ts.avail & ts.final_alive[..., None]  # no actions left at the end (as the adapter)
         self.episodes += 1
         return ts
 

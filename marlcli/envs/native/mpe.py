@@ -218,17 +218,20 @@ class MPEEnv:
             w.refresh()
             obs, state = sc.observe(w)
         b, n = reward.shape
+        avail, alive = self._avail(), torch.ones(b, n, dtype=torch.bool, device=self.device)
         return TimeStep(
             obs=obs,
             state=state,
-            avail=self._avail(),
+            avail=avail,
             reward=reward,
             terminated=torch.zeros(b, n, dtype=torch.bool, device=self.device),
             truncated=done,
             done=done.clone(),
-            alive=torch.ones(b, n, dtype=torch.bool, device=self.device),
+            alive=alive,
             final_obs=final_obs,
             final_state=final_state,
+            final_avail=avail,  # static masks; every agent is alive until truncation
+            final_alive=alive,
             info=info,
         )
 

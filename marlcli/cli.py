@@ -25,6 +25,8 @@ commands:
                                (env.factory=: trust a factory the checkpoint names that is not marlcli's)
   report PATH... [out=DIR] [--format marl-eval]
                                tables and learning curves over seeds
+  export PATH [format=onnx,torchscript] [out=DIR]
+                               the actor as ONNX/TorchScript files with manifest.json (see README)
 """
 
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
@@ -51,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             return fail("report", "not available in this version")
         return report_main(rest)
-    return fail(cmd, f"unknown command '{cmd}'; use train, eval or report")
+    if cmd == "export":
+        from marlcli.export import export_main
+
+        return export_main(rest)
+    return fail(cmd, f"unknown command '{cmd}'; use train, eval, report or export")
 
 
 # ----------------------------------------------------------------------------- train
@@ -120,6 +126,11 @@ def train_main(args: list[str]) -> int:
     flags, overrides = _split(args)
     # factory kwargs are free-form (any ParallelEnv's arguments): set them, never reject them as unknown keys
     overrides = [f"++{o}" if o.startswith(("env.kwargs=", "env.kwargs.")) else o for o in overrides]
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    if any(o.startswith("resume=") and o != "resume=auto" for o in overrides) and "train.total_steps" not in keys:
+        # resume=<dir> keeps the saved budget; only an explicit train.total_steps extends it (prepare() takes
+        # the larger of the two, so 1 means "none given"; without this the algo's default budget would win)
+        overrides.append("train.total_steps=1")
     if "--help" in flags or "-h" in flags:
         print(train_help(overrides))
         return 0
@@ -242,9 +253,13 @@ def eval_main(args: list[str]) -> int:
     except ValueError as exc:
         return fail("eval", str(exc))
     if len(parsed.paths) != 1:
-        return fail("eval", "give exactly one PATH (a seed dir, a run dir or a .pt file)")
+        return fail("eval", "give exactly one PATH (a seed dir, a run dir, a .pt file or an export dir)")
     try:
-        rows = evaluate_path(Path(parsed.paths[0]), **parsed.opts, overrides=parsed.overrides)
+        from marlcli.export import evaluate_export, is_export
+
+        target = Path(parsed.paths[0])
+        run = evaluate_export if is_export(target) else evaluate_path
+        rows = run(target, **parsed.opts, overrides=parsed.overrides)
     except MarlError as exc:
         return fail("eval", str(exc))
     print_eval_table(rows)

@@ -23,7 +23,7 @@ def test_mappo_learns_spread(tmp_path, learn_seed) -> None:  # noqa: ANN001
     cfg = make_cfg("algo=mappo", "env=spread", "env.backend=native", "env.num_envs=32", f"seed={learn_seed(0)}",
                    *quiet(tmp_path, total_steps=60_000, eval_interval=0, **EVAL))
     final, still = learned_and_still(cfg)
-    assert final > still + 3.0, (final, still)
+    assert final > still + 2.0, (final, still)
 
 
 @pytest.mark.slow
@@ -54,4 +54,4 @@ def test_mappo_learns_speaker_listener(tmp_path, learn_seed) -> None:  # noqa: A
                    "env.name=speaker_listener", "sharing=none", "env.num_envs=32", f"seed={learn_seed(0)}",
                    *quiet(tmp_path, total_steps=60_000, eval_interval=0, **EVAL))
     final, still = learned_and_still(cfg)
-    assert final > still + 5.0, (final, still)
+    assert final > still + 10.0, (final, still)

@@ -118,7 +118,7 @@ def test_maddpg_learns_continuous_spread(tmp_path, learn_seed) -> None:  # noqa:
     """Standing still (the zero action) scores about -24 here, random about -25: the margin is over standing still."""
     cfg = compose(SPREAD_C + [f"seed={learn_seed(0)}"] + quiet(tmp_path, total_steps=20000, eval_interval=0))
     final, still = learned_and_still(cfg)
-    assert final > still + 2.0, (final, still)
+    assert final > still + 1.8, (final, still)
 
 
 @pytest.mark.slow

@@ -193,7 +193,7 @@ def test_beats_standing_still_on_spread(tmp_path, algo: str, learn_seed) -> None
                    "algo.eps_anneal_steps=50000",
                    *quiet(tmp_path, total_steps=100_000, eval_interval=0, eval_episodes=100, eval_envs=100)])
     final, still = learned_and_still(cfg)
-    assert final > still + 3.0, (final, still)
+    assert final > still + 2.5, (final, still)
 
 
 @pytest.mark.slow

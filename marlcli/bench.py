@@ -10,6 +10,8 @@ Sections (``--sections``, comma separated; results merge into ``<out>/bench.json
   against wall time (``time_to_return.png``). Each seed's final actor is also evaluated on one
   held-out set of 2,000 episodes (``final_common``, ``--eval-seed``).
 - ``common``: only that held-out evaluation, for the ``ttr`` runs already on disk.
+- ``swarm``: MAPPO training cost per env-step on swarm spread at N = 3, 10, 30, 100
+  (``marlcli/bench_swarm.py``; issue 17: linear in N with neighbour-limited observations).
 - ``oracle``: the scripted assignment controller (``marlcli/bench_oracle.py``) on the same
   held-out episodes, its one parameter tuned on a separate tuning set.
 
@@ -280,6 +282,17 @@ def markdown(bench: dict[str, Any], title: bool = True) -> str:
         for n in nat:
             lines.append(f"| {n} | {nat[n]:.2f} | {ref.get(n, float('nan')):,.1f} |")
         lines.append("")
+    sw = bench.get("swarm_scaling")
+    if sw:
+        ns = list(next(iter(sw["us_per_env_step"].values())))
+        lines += ["## Swarm spread: MAPPO training cost as N grows (µs per env-step; per agent-step in brackets)", "",
+                  f"{sw['num_envs']} env copies, {sw['updates']} updates per N, {sw['torch_threads']} torch thread(s); "
+                  "3 nearest agents and landmarks observed, `sharing.agent_id=false`, `critic=set`.", "",
+                  "| actor | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+        for actor, per in sw["us_per_env_step"].items():
+            lines.append(f"| {actor} | " + " | ".join(
+                f"{per[n]:,.0f} ({sw['us_per_agent_step'][actor][n]:,.0f})" for n in ns) + " |")
+        lines.append("")
     be = bench.get("backends")
     if be:
         lines += ["## Time to -16 on spread, native vs mpe2 backend (shipped defaults)", "",
@@ -363,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m marlcli.bench", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/bench", help="output folder (runs/, logs/, bench.json, bench.md)")
     p.add_argument("--sections", default="env,backends,oracle,ttr",
-                   help="env, backends, oracle, ttr, common (comma separated)")
+                   help="env, swarm, backends, oracle, ttr, common (comma separated)")
     p.add_argument("--algos", default="vdn,qmix,iql,mappo", help="algorithms of the ttr section")
     p.add_argument("--seeds", default=SEEDS, help="training seeds, e.g. 100-104 or 100,101 (tuning used 0-4)")
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED,
@@ -386,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         if "env" in sections:
             print("env throughput ...")
             bench.update(section_env(out))
+        if "swarm" in sections:
+            from marlcli.bench_swarm import swarm_scaling
+
+            print("swarm spread: training cost per env-step vs N ...")
+            bench["swarm_scaling"] = swarm_scaling()
         if "backends" in sections:
             print("native vs mpe2 backend, time to -16 ...")
             bench["backends"] = section_backends(out, a.time_limit, seeds[0], a.jobs)

@@ -131,7 +131,7 @@ POSITIVE_KEYS = ("env.num_envs", "train.total_steps", "train.eval_episodes", "tr
                  "algo.hidden", "algo.rollout_steps", "algo.batch_episodes", "algo.buffer_episodes",
                  "algo.mixer_embed", "algo.hypernet_hidden", "algo.epochs", "algo.minibatches",
                  "algo.critic_epochs", "algo.actor_epochs", "algo.updates_per_rollout",
-                 "algo.buffer_size", "algo.batch_size")
+                 "algo.buffer_size", "algo.batch_size", "actor.embed")
 
 
 def check_sizes(cfg: DictConfig) -> None:

@@ -31,6 +31,10 @@ def check_compatible(module: ModuleType, spec: EnvSpec, cfg: DictConfig) -> None
     if cfg.critic.get("arch", "mlp") == "set" and (not caps.set_critic or cfg.critic.type != "centralized"):
         raise ConfigError(f"critic=set (a centralized critic over the set of agents) is available for MAPPO and the "
                           f"QMIX mixer, not algo={name} with critic.type={cfg.critic.type}; use critic=centralized")
+    actor = str(cfg.get("actor", {}).get("type", "mlp"))
+    if actor in ("deepsets", "attention") and not spec.entities:
+        raise ConfigError(f"actor={actor} needs an env that declares its observation layout as entity groups; "
+                          f"env={spec.name} does not (use actor=mlp)")
     if not spec.discrete and not caps.continuous:
         raise ConfigError(f"algo={name} supports discrete actions only but env={spec.name} has continuous ones; "
                           "set env.continuous_actions=false or pick another algo")

@@ -81,8 +81,6 @@ def launch(cfg: DictConfig) -> Path:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from marlcli import results
-
     k = int(cfg.dist.nproc_per_node)
     if int(cfg.env.num_envs) % k:
         raise ConfigError(f"env.num_envs={cfg.env.num_envs} does not split over dist.nproc_per_node={k} processes")
@@ -97,8 +95,19 @@ def launch(cfg: DictConfig) -> Path:
         try:
             elastic_launch(lc, sys.executable)("-m", "marlcli.distributed", str(path))
         except ChildFailedError as exc:
-            raise TrainingError(_failure_line(exc, k, results.seed_dir(cfg))) from None
-    return results.seed_dir(cfg)
+            raise TrainingError(_failure_line(exc, k, _seed_dir(cfg))) from None
+    return _seed_dir(cfg)
+
+
+def _seed_dir(cfg: DictConfig) -> Path:
+    """The seed dir the ranks wrote to (a resumed run's own dir, not a fresh one)."""
+    from marlcli import results
+    from marlcli.trainer import prepare
+
+    try:
+        return results.seed_dir(prepare(cfg)[0])
+    except Exception:  # noqa: BLE001 - only for the message
+        return results.seed_dir(cfg)
 
 
 def _failure_line(exc: Any, k: int, out: Path) -> str:
@@ -395,11 +404,12 @@ class Silent:
 def worker_main(argv: list[str]) -> int:
     """One rank started by :func:`launch`: ``python -m marlcli.distributed CONFIG.yaml``."""
     from marlcli.cliutil import fail
+    from marlcli.config import RootConfig
     from marlcli.errors import MarlError
     from marlcli.trainer import train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    cfg = OmegaConf.load(argv[0])
+    cfg = OmegaConf.merge(OmegaConf.structured(RootConfig), OmegaConf.load(argv[0]))  # typed, as Hydra composes it
     try:
         train(cfg)
     except MarlError as exc:

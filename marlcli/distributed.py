@@ -34,10 +34,10 @@ from marlcli.errors import ConfigError, TrainingError
 
 RANK_SEED_STRIDE = 10_000_019  # rank r's env copies and RNG start at seed + r * stride (rank 0: seed itself)
 # Global sizes that each rank holds a 1/K share of: env copies, replay capacity and batches.
-SPLIT_KEYS = ("env.num_envs", "algo.batch_episodes", "algo.buffer_episodes", "algo.learning_starts",
-              "algo.buffer_size", "algo.batch_size")
+SPLIT_KEYS = ("env.num_envs", "algo.batch_episodes", "algo.buffer_episodes", "algo.buffer_size", "algo.batch_size")
 SPLIT_EXACT = ("env.num_envs", "algo.batch_episodes", "algo.batch_size")  # must divide by K (same global batch)
 RANK_LOCAL_LEARNER_KEYS = ("replay", "credit")  # learner state that differs per rank (checkpointed per rank)
+_OWNED = {"group": False}  # setup() started the process group (so teardown() may end it)
 
 
 # ----------------------------------------------------------------------------- who am I
@@ -136,6 +136,7 @@ def setup(cfg: DictConfig) -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=timeout)
+    _OWNED["group"] = True
     cfg.run = broadcast_object(str(cfg.run))
 
 
@@ -153,8 +154,10 @@ def _slurm_env() -> None:
 
 
 def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group this module joined (one started by the caller stays theirs)."""
+    if _OWNED["group"] and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _OWNED["group"] = False
 
 
 def device(default: torch.device) -> torch.device:

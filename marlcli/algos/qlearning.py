@@ -197,7 +197,8 @@ class QLearner:
         lr = schedule_lr(self.optim, a, step, self.total_steps)
         metrics: dict[str, Any] = {"train/epsilon": self.epsilon(step), "train/buffer_episodes": self.replay.size,
                                    "train/lr": lr}
-        if not distributed.all_true(self.replay.size >= max(1, a.learning_starts)):
+        ready = distributed.sum_int(self.replay.size) >= max(1, a.learning_starts)  # episodes over all ranks
+        if not (ready and distributed.all_true(self.replay.size > 0)):
             return metrics
         # all ranks run the same number of steps: global new episodes over the global batch (issue 21)
         self.credit += distributed.sum_int(new) * a.replay_ratio / (a.batch_episodes * distributed.world_size())

@@ -239,7 +239,8 @@ def hydra_task(cfg: DictConfig) -> Any:
         out = train(cfg)
     except MarlError as exc:
         sys.exit(fail("train", str(exc)))
-    print(f"results: {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank runs this; rank 0 speaks
+        print(f"results: {out}")
     return None
 
 

@@ -1,0 +1,77 @@
+"""Throughput of data-parallel training (issue 21): 1 process x T threads vs K processes x T/K threads.
+
+``python -m marlcli.bench_dist`` (``make bench-dist``) trains MAPPO and VDN on spread with their
+shipped defaults for a short budget, once per layout, through ``marl train`` itself (so process
+start, rendezvous and the gradient all-reduce are all counted), and writes one JSON record per
+run: env steps/s over all ranks and learner updates/s (optimizer steps, read from the final
+checkpoint's Adam state), both over the training loop's time (``time_s`` of the last log line),
+plus the wall time of the whole command and the final evaluation return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LAYOUTS = ((1, 2), (2, 1))  # (processes, threads per process) on a 2-core machine
+BUDGETS = {"mappo": 256_000, "vdn": 64_000}  # env steps: 20 MAPPO updates (512 x 25 each), 40 VDN rollouts
+
+
+def run_one(algo: str, steps: int, procs: int, threads: int, seed: int, root: Path) -> dict[str, Any]:
+    run = f"{algo}_{procs}x{threads}_s{seed}_{int(time.time())}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-c", "from marlcli.cli import entry; entry()", "train", f"algo={algo}", "env=spread",
+           f"seed={seed}", f"train.total_steps={steps}", f"train.log_interval={steps // 8}",
+           "train.eval_interval=1000000000", "train.checkpoint_interval=1000000000", "train.eval_episodes=500",
+           "train.eval_envs=500", f"dist.nproc_per_node={procs}", "device=cpu", "logger.progress=false",
+           f"results_dir={root}", f"run={run}"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    seed_dir = root / "spread" / algo / run / f"seed_{seed}"
+    lines = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
+    logs = [x for x in lines if "time/sps" in x]
+    evals = [x for x in lines if "eval/return_mean" in x]
+    learner = torch.load(seed_dir / "checkpoints" / "latest.pt", weights_only=True)["learner"]
+    updates = int(next(iter(learner["optim"]["state"].values()))["step"])
+    loop_s = float(logs[-1]["time_s"])
+    return {"algo": algo, "processes": procs, "threads_per_process": threads, "seed": seed,
+            "env_steps": int(logs[-1]["step"]), "updates": updates, "loop_s": round(loop_s, 2),
+            "env_steps_per_s": round(logs[-1]["step"] / loop_s, 1), "updates_per_s": round(updates / loop_s, 2),
+            "command_wall_s": round(wall, 2), "final_eval_return": round(float(evals[-1]["eval/return_mean"]), 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="docs/bench_dist.json", help="JSON file to write")
+    p.add_argument("--root", default="results/bench_dist", help="results_dir of the benchmark runs")
+    p.add_argument("--algos", default="mappo,vdn")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the step budgets")
+    a = p.parse_args(argv)
+    records = []
+    for algo in a.algos.split(","):
+        for seed in (int(s) for s in a.seeds.split(",")):
+            for procs, threads in LAYOUTS:
+                rec = run_one(algo, int(BUDGETS[algo] * a.scale), procs, threads, seed, Path(a.root))
+                print(json.dumps(rec), flush=True)
+                records.append(rec)
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+            "gpu": "not measured (no GPU lent to this task)", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "note": "one run at a time; the VM's 2 cores were shared with other work, so figures drift"}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

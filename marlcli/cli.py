@@ -7,6 +7,7 @@ pair, a missing or corrupt checkpoint) is reported as one line with exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

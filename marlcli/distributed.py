@@ -21,9 +21,10 @@ import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist

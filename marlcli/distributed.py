@@ -21,7 +21,8 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -185,19 +186,17 @@ def local_config(cfg: DictConfig) -> DictConfig:
 
 
 # ----------------------------------------------------------------------------- collectives
-def _guard(what: str):  # noqa: ANN202 - a tiny context manager
-    class _G:
-        def __enter__(self) -> None:
-            return None
-
-        def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
-            if et is not None and issubclass(et, (RuntimeError, dist.DistBackendError)) and active():
-                msg = " ".join(str(ev).split())[:160]
-                raise TrainingError(f"rank {rank()}: {what} across {world_size()} processes failed ({msg}); "
-                                    "another rank died or hung past dist.timeout") from None
-            return False
-
-    return _G()
+@contextmanager
+def _guard(what: str) -> Iterator[None]:
+    """A collective that fails (a peer died, or stayed silent past ``dist.timeout``) -> one line."""
+    try:
+        yield
+    except RuntimeError as exc:  # gloo/NCCL errors (DistBackendError is one)
+        if not active():
+            raise
+        msg = " ".join(str(exc).split())[:160]
+        raise TrainingError(f"rank {rank()}: {what} across {world_size()} processes failed ({msg}); "
+                            "another rank died or hung past dist.timeout") from None
 
 
 def all_reduce_grads(params: Iterable[Tensor]) -> None:

@@ -296,7 +296,8 @@ def train(cfg: DictConfig) -> Path:
             tracker.progress(step)
         if counters["eval"] != counters["step"]:
             evaluate()
-        if counters["ckpt"] != counters["step"] or not (out / "checkpoints" / "latest.pt").exists():
+        need = counters["ckpt"] != counters["step"] or not (out / "checkpoints" / "latest.pt").exists()
+        if distributed.broadcast_object(need):  # rank 0 decides: only it has written checkpoints
             checkpoint()
         failed = False
     finally:

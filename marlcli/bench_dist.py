@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-LAYOUTS = ((1, 2), (2, 1))  # (processes, threads per process) on a 2-core machine
+LAYOUTS = ((1, 2), (2, 1), (1, 1))  # (processes, threads per process); 1 x 1 is the reference
 BUDGETS = {"mappo": 256_000, "vdn": 64_000}  # env steps: 20 MAPPO updates (512 x 25 each), 40 VDN rollouts
 
 
@@ -34,6 +34,7 @@ def run_one(algo: str, steps: int, procs: int, threads: int, seed: int, root: Pa
            "train.eval_interval=1000000000", "train.checkpoint_interval=1000000000", "train.eval_episodes=500",
            "train.eval_envs=500", f"dist.nproc_per_node={procs}", "device=cpu", "logger.progress=false",
            f"results_dir={root}", f"run={run}"]
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -47,7 +48,8 @@ def run_one(algo: str, steps: int, procs: int, threads: int, seed: int, root: Pa
     return {"algo": algo, "processes": procs, "threads_per_process": threads, "seed": seed,
             "env_steps": int(logs[-1]["step"]), "updates": updates, "loop_s": round(loop_s, 2),
             "env_steps_per_s": round(logs[-1]["step"] / loop_s, 1), "updates_per_s": round(updates / loop_s, 2),
-            "command_wall_s": round(wall, 2), "final_eval_return": round(float(evals[-1]["eval/return_mean"]), 3)}
+            "command_wall_s": round(wall, 2), "load_avg_1min_before": round(load, 2),
+            "final_eval_return": round(float(evals[-1]["eval/return_mean"]), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,17 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algos", default="mappo,vdn")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the step budgets")
+    p.add_argument("--repeats", type=int, default=1, help="rounds over the layouts (every other round reversed)")
     a = p.parse_args(argv)
     records = []
     for algo in a.algos.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
-            for procs, threads in LAYOUTS:
-                rec = run_one(algo, int(BUDGETS[algo] * a.scale), procs, threads, seed, Path(a.root))
-                print(json.dumps(rec), flush=True)
-                records.append(rec)
+            for rep in range(a.repeats):
+                for procs, threads in LAYOUTS[::-1] if rep % 2 else LAYOUTS:
+                    rec = run_one(algo, int(BUDGETS[algo] * a.scale), procs, threads, seed, Path(a.root))
+                    print(json.dumps({**rec, "round": rep}), flush=True)
+                    records.append({**rec, "round": rep})
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
             "gpu": "not measured (no GPU lent to this task)", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "note": "one run at a time; the VM's 2 cores were shared with other work, so figures drift"}
+            "note": "one run at a time; the VM's 2 cores were shared with other work (see load_avg_1min_before), "
+                    "so figures drift between runs"}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
     return 0

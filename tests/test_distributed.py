@@ -243,3 +243,10 @@ def test_killed_rank_ends_the_run_with_one_line(tmp_path: Path) -> None:
     assert last.startswith("marl train: error: rank 1 of 2 killed by signal 9; the run stopped"), err[-2000:]
     assert "Traceback" not in err
     results.load_checkpoint(latest, results.RESUME_KEYS)  # a usable last checkpoint
+
+
+def test_env_copies_must_split_over_the_ranks(tmp_path: Path) -> None:
+    from marlcli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="env.num_envs=3 does not split over dist.nproc_per_node=2"):
+        train(make_cfg(f"results_dir={tmp_path}", *BASE, "algo=mappo", "env.num_envs=3", "dist.nproc_per_node=2"))

@@ -52,6 +52,23 @@ def run_one(algo: str, steps: int, procs: int, threads: int, seed: int, root: Pa
             "final_eval_return": round(float(evals[-1]["eval/return_mean"]), 3)}
 
 
+def table(records: list[dict[str, Any]]) -> str:
+    """Markdown: one row per algo x layout, each round's figure listed (no averaging hides the drift)."""
+    rows = ["| algo | processes x threads | env steps/s | updates/s | load avg before | final return (500 ep.) |",
+            "|---|---|---|---|---|---|"]
+    keys = sorted({(r["algo"], r["processes"], r["threads_per_process"]) for r in records},
+                  key=lambda k: (k[0], -k[1], -k[2]))
+    for algo, procs, threads in keys:
+        rs = [r for r in records if (r["algo"], r["processes"], r["threads_per_process"]) == (algo, procs, threads)]
+
+        def cell(key: str, fmt: str, rs: list[dict[str, Any]] = rs) -> str:
+            return ", ".join(format(r[key], fmt) for r in rs)
+
+        rows.append(f"| {algo} | {procs} x {threads} | {cell('env_steps_per_s', ',.0f')} | {cell('updates_per_s', '.2f')} "
+                    f"| {cell('load_avg_1min_before', '.1f')} | {cell('final_eval_return', '.2f')} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="docs/bench_dist.json", help="JSON file to write")
@@ -59,13 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algos", default="mappo,vdn")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the step budgets")
+    p.add_argument("--layouts", default=",".join(f"{p}x{t}" for p, t in LAYOUTS),
+                   help="PROCESSESxTHREADS, comma-separated")
     p.add_argument("--repeats", type=int, default=1, help="rounds over the layouts (every other round reversed)")
     a = p.parse_args(argv)
+    layouts = [tuple(int(x) for x in lay.split("x")) for lay in a.layouts.split(",")]
     records = []
     for algo in a.algos.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
             for rep in range(a.repeats):
-                for procs, threads in LAYOUTS[::-1] if rep % 2 else LAYOUTS:
+                for procs, threads in layouts[::-1] if rep % 2 else layouts:
                     rec = run_one(algo, int(BUDGETS[algo] * a.scale), procs, threads, seed, Path(a.root))
                     print(json.dumps({**rec, "round": rep}), flush=True)
                     records.append({**rec, "round": rep})
@@ -75,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                     "so figures drift between runs"}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    print(table(records))
     return 0
 
 

@@ -86,7 +86,8 @@ def launch(cfg: DictConfig) -> Path:
     k = int(cfg.dist.nproc_per_node)
     if int(cfg.env.num_envs) % k:
         raise ConfigError(f"env.num_envs={cfg.env.num_envs} does not split over dist.nproc_per_node={k} processes")
-    if "OMP_NUM_THREADS" not in os.environ:  # K ranks share the cores (torchrun does the same)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads is None:  # K ranks share the cores (torchrun does the same); the ranks inherit it
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // k))
     with tempfile.TemporaryDirectory(prefix="marl-dist-") as tmp:
         path = Path(tmp) / "config.yaml"
@@ -98,6 +99,9 @@ def launch(cfg: DictConfig) -> Path:
             elastic_launch(lc, sys.executable)("-m", "marlcli.distributed", str(path))
         except ChildFailedError as exc:
             raise TrainingError(_failure_line(exc, k, _seed_dir(cfg))) from None
+        finally:
+            if threads is None:
+                del os.environ["OMP_NUM_THREADS"]
     return _seed_dir(cfg)
 
 
@@ -115,7 +119,8 @@ def _seed_dir(cfg: DictConfig) -> Path:
 def _failure_line(exc: Any, k: int, out: Path) -> str:
     r, failure = exc.get_first_failure()
     code = failure.exitcode
-    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    how = (f"killed by signal {-code}" if code < 0 else "stopped with the error above" if code == 2
+           else f"exited with code {code}")
     ckpt = out / "checkpoints" / "latest.pt"
     last = f"last checkpoint: {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
     return f"rank {r} of {k} {how}; the run stopped ({last})"

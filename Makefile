@@ -6,7 +6,7 @@ TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 
-.PHONY: help install train eval test test-all lint format typecheck bench clean
+.PHONY: help install train eval test test-all lint format typecheck bench bench-dist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ typecheck: $(STAMP) ## mypy (installed on demand)
 
 bench: $(STAMP) ## env throughput + time-to-return benchmarks -> results/bench/
 	$(BIN)/python -m marlcli.bench $(ARGS)
+
+bench-dist: $(STAMP) ## data-parallel throughput: 1 process x 2 threads vs 2 processes x 1 thread -> docs/bench_dist.json
+	$(BIN)/python -m marlcli.bench_dist $(ARGS)
 
 clean: ## remove caches and build outputs (keeps results/ and .venv)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ pair, a missing or corrupt checkpoint) is reported as one line with exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,7 +242,8 @@ def hydra_task(cfg: DictConfig) -> Any:
         out = train(cfg)
     except MarlError as exc:
         sys.exit(fail("train", str(exc)))
-    print(f"results: {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank runs this; rank 0 speaks
+        print(f"results: {out}")
     return None
 
 

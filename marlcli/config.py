@@ -50,6 +50,13 @@ class LauncherConfig:
 
 
 @dataclass
+class DistConfig:
+    nproc_per_node: int = 1  # processes (ranks) of one run on this node; 1 = no torch.distributed
+    timeout: float = 600.0  # seconds a collective waits for a silent rank before the run fails
+    backend: str = "auto"  # auto (nccl on CUDA, else gloo) | gloo | nccl
+
+
+@dataclass
 class CriticConfig:
     type: str = "centralized"  # centralized (global state) | independent (own observation)
     arch: str = "mlp"  # mlp (the flat state) | set (pooled over the agents' observations: any N)
@@ -80,6 +87,7 @@ class RootConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)

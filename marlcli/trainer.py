@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from marlcli import results
+from marlcli import distributed, results
 from marlcli.algos import check_compatible, load_family
 from marlcli.algos.base import Algorithm
 from marlcli.buffers import Rollout
@@ -108,7 +108,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
 
 def _same_run(saved: DictConfig, cfg: DictConfig, out: Path) -> None:
     """resume=auto continues a run only under the config it was started with (issue 16)."""
-    ignore = ("logger.", "resume", "device", "launcher.", "results_dir", "train.total_steps")
+    ignore = ("logger.", "resume", "device", "launcher.", "results_dir", "train.total_steps", "dist.")
     a, b = _flat(OmegaConf.to_container(saved, resolve=True)), _flat(OmegaConf.to_container(cfg, resolve=True))
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(ignore)]
     if diff:
@@ -156,6 +156,10 @@ def validate(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> Path:
     """Train one seed to ``train.total_steps``; returns its seed dir."""
+    if distributed.should_launch(cfg):  # dist.nproc_per_node=K: start K ranks, each runs train(cfg)
+        return distributed.launch(cfg)
+    distributed.setup(cfg)  # a rank (of launch, torchrun or Slurm) joins its process group
+    main = distributed.is_main()  # rank 0 alone writes the results tree, evaluates and checkpoints
     cfg, payload = prepare(cfg)
     out = results.seed_dir(cfg)
     if cfg.get("resume") == "auto" and (out / results.DONE_FILE).exists():
@@ -164,17 +168,19 @@ def train(cfg: DictConfig) -> Path:
         raise ConfigError(f"{out} already holds a run; continue it with resume={out}, start a new one with "
                           "run=NAME, or delete that dir")
     job = os.environ.get("MARL_JOB_NUM")  # set by marlcli.sweep for multirun jobs
-    device = resolve_device(str(cfg.device), job_num=int(job) if job else None)
+    device = distributed.device(resolve_device(str(cfg.device), job_num=int(job) if job else None))
     check_sizes(cfg)
     keep_freed_memory()
-    seed_everything(int(cfg.seed))
-    env = make_env(cfg.env, int(cfg.env.num_envs), int(cfg.seed), device)
-    cleanup: list[Any] = [env.close]  # run in reverse order, whatever happens
+    local = distributed.local_config(cfg)  # this rank's share of env copies and batches (cfg itself at K=1)
+    seed_everything(distributed.rank_seed(int(cfg.seed)))
+    env = make_env(local.env, int(local.env.num_envs), distributed.rank_seed(int(cfg.seed)), device)
+    cleanup: list[Any] = [distributed.teardown, env.close]  # run in reverse order, whatever happens
     failed = True
     try:  # an error anywhere below still closes the metrics file, the log handler, wandb and the env
         module = load_family(cfg.algo)
         check_compatible(module, env.spec, cfg)
-        algo: Algorithm = module.make(env.spec, cfg, device)
+        algo: Algorithm = module.make(env.spec, local, device)
+        distributed.broadcast_modules(algo)  # all ranks start from rank 0's parameters
 
         t = cfg.train
         ts = env.reset()
@@ -183,6 +189,7 @@ def train(cfg: DictConfig) -> Path:
         track = {"ep_ret": torch.zeros(env.num_envs, env.spec.n_agents, device=device),
                  "ret_sum": torch.zeros(env.spec.n_agents, device=device), "ret_cnt": torch.zeros((), device=device)}
         if payload is not None:  # a foreign or damaged checkpoint fails here with one line, not a traceback
+            payload = distributed.for_this_rank(payload, algo, env, track)  # this rank's env, RNG and replay
             results.restore(algo.actor, payload["actor"], "actor", payload)
             results.restore(algo, payload["learner"], "learner", payload)
             ts = results.restore(env, payload["env"], "env", payload)
@@ -199,15 +206,17 @@ def train(cfg: DictConfig) -> Path:
             except Exception as exc:  # noqa: BLE001
                 why = results.describe(exc)
                 raise CheckpointError(f"{payload['_path']}: its training state does not fit ({why})") from None
-            results.forget_after(out, int(counters["step"]))  # no stale done, eval.json or later step_<n>.pt
-        elif cfg.get("resume") == "auto":
+            if main:
+                results.forget_after(out, int(counters["step"]))  # no stale done, eval.json or later step_<n>.pt
+        elif cfg.get("resume") == "auto" and main:
             results.clear_run(out)  # nothing readable to continue: start afresh in an empty dir
-        out.mkdir(parents=True, exist_ok=True)
-        results.write_config(out, cfg)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            results.write_config(out, cfg)
         keep = counters["step"] if payload else None  # resume: trim metrics and train.log past the checkpoint
-        writer = results.MetricsWriter(out / "metrics.jsonl", keep_until_step=keep)
+        writer = results.MetricsWriter(out / "metrics.jsonl", keep_until_step=keep) if main else distributed.Silent()
         cleanup.append(writer.close)
-        tracker = Tracker(cfg, out, keep_until_step=keep)
+        tracker = Tracker(cfg, out, keep_until_step=keep) if main else distributed.Silent()
         cleanup.append(lambda: tracker.close(failed=failed))  # reads `failed` when it runs
         start = time.perf_counter() - counters["time_s"]
         if payload is None and os.environ.get("MARL_T0"):  # benchmarks: time_s counts from process launch
@@ -217,6 +226,9 @@ def train(cfg: DictConfig) -> Path:
             return time.perf_counter() - start
 
         def evaluate() -> None:
+            if not main:
+                counters["eval"] = counters["step"]
+                return
             eval_env = make_env(cfg.env, min(int(t.eval_episodes), int(t.eval_envs)), int(cfg.seed) + EVAL_SEED_OFFSET,
                                 device)
             res = run_episodes(algo.actor, eval_env, int(t.eval_episodes), bool(t.eval_deterministic))
@@ -241,7 +253,10 @@ def train(cfg: DictConfig) -> Path:
             }
             if hidden is not None:
                 payload_out["hidden"] = hidden
-            results.save_checkpoint(out / "checkpoints", counters["step"], payload_out, int(t.keep_checkpoints))
+            distributed.check_in_sync(algo)
+            payload_out = distributed.gather_rank_states(payload_out)  # every rank's env, RNG, replay on rank 0
+            if main:
+                results.save_checkpoint(out / "checkpoints", counters["step"], payload_out, int(t.keep_checkpoints))
             counters["ckpt"] = counters["step"]
 
         if counters["eval"] < 0:
@@ -260,10 +275,12 @@ def train(cfg: DictConfig) -> Path:
                 ts = nts
             rollout = Rollout.from_steps(steps)
             prev = counters["step"]
-            counters["step"] += rollout.num_steps
+            counters["step"] += rollout.num_steps * distributed.world_size()  # env steps over all ranks
             metrics = algo.update(rollout, counters["step"])
             step = counters["step"]
             if _crossed(prev, step, int(t.log_interval)):
+                distributed.all_sum(track["ret_sum"], track["ret_cnt"])  # episodes of all ranks
+                metrics = distributed.mean_metrics(metrics)
                 now = elapsed()
                 sps = (step - sps_mark[0]) / max(now - sps_mark[1], 1e-9)
                 sps_mark = (step, now)
@@ -279,13 +296,15 @@ def train(cfg: DictConfig) -> Path:
             tracker.progress(step)
         if counters["eval"] != counters["step"]:
             evaluate()
-        if counters["ckpt"] != counters["step"] or not (out / "checkpoints" / "latest.pt").exists():
+        need = counters["ckpt"] != counters["step"] or not (out / "checkpoints" / "latest.pt").exists()
+        if distributed.broadcast_object(need):  # rank 0 decides: only it has written checkpoints
             checkpoint()
         failed = False
     finally:
         for close in reversed(cleanup):
             close()
-    results.atomic_write_text(out / results.DONE_FILE, f"{counters['step']}\n")
+    if main:
+        results.atomic_write_text(out / results.DONE_FILE, f"{counters['step']}\n")
     return out
 
 

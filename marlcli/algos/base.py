@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from marlcli import distributed
 from marlcli.buffers import Rollout
 from marlcli.envs.base import TimeStep
 from marlcli.errors import ConfigError
@@ -96,3 +97,17 @@ def schedule_lr(optim: torch.optim.Optimizer, a: Any, step: int, total_steps: in
     for group in optim.param_groups:
         group["lr"] = lr
     return lr
+
+
+def optimizer_step(optim: torch.optim.Optimizer, params: Any, max_grad_norm: float) -> Tensor:
+    """The one optimizer step of every family: average gradients over the ranks, clip, step.
+
+    With several processes (``dist.nproc_per_node``, issue 21) the gradients are all-reduced
+    first, so every rank clips the same global gradient and takes the same step; with one
+    process this is ``clip_grad_norm_`` then ``optim.step()``. Returns the gradient norm.
+    """
+    params = list(params)
+    distributed.all_reduce_grads(params)
+    norm = nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optim.step()
+    return norm

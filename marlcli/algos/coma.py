@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from marlcli.algos.base import Capabilities, adam
+from marlcli import distributed
+from marlcli.algos.base import Capabilities, adam, optimizer_step
 from marlcli.algos.ppo import PolicyActor
 from marlcli.buffers import Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
@@ -138,8 +139,7 @@ class COMA:
             critic_loss = (((q - targets) ** 2) * mask).sum() / denom
             self.critic_optim.zero_grad(set_to_none=True)
             critic_loss.backward()
-            nn.utils.clip_grad_norm_(self.critic.parameters(), a.max_grad_norm)
-            self.critic_optim.step()
+            optimizer_step(self.critic_optim, self.critic.parameters(), a.max_grad_norm)
         with torch.no_grad():
             for t, s in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
                 t.lerp_(s, a.tau)
@@ -149,15 +149,15 @@ class COMA:
             adv = counterfactual_advantage(q_all, d.probs.detach(), r.actions)
             if a.norm_adv:
                 m = r.alive
-                adv = (adv - adv[m].mean()) / (adv[m].std() + 1e-8)
+                adv_mean, adv_std = distributed.masked_mean_std(adv, m)  # over the global batch
+                adv = (adv - adv_mean) / (adv_std + 1e-8)
             logp, ent = d.log_prob(r.actions), d.entropy()
             pg_loss = -(logp * adv * mask).sum() / denom
             entropy = (ent * mask).sum() / denom
             loss = pg_loss - a.ent_coef * entropy
             self.actor_optim.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), a.max_grad_norm)
-            self.actor_optim.step()
+            grad_norm = optimizer_step(self.actor_optim, self.actor.parameters(), a.max_grad_norm)
         return {"loss/critic": critic_loss.detach(), "loss/policy": pg_loss.detach(), "loss/entropy": entropy.detach(),
                 "train/grad_norm": grad_norm.detach(), "train/q_taken": q.mean().detach()}
 

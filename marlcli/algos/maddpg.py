@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from marlcli.algos.base import Capabilities, adam
+from marlcli.algos.base import Capabilities, adam, optimizer_step
 from marlcli.buffers import Rollout, TransitionReplay
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.nets import AgentMLP, agent_groups, with_agent_id
@@ -200,8 +200,7 @@ class MADDPG:
         critic_loss = (((q - y) ** 2) * alive).sum() / denom
         self.critic_optim.zero_grad(set_to_none=True)
         critic_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), a.max_grad_norm)
-        self.critic_optim.step()
+        optimizer_step(self.critic_optim, self.critic.parameters(), a.max_grad_norm)
 
         # actor: agent i's action from its current policy, the others' from replay (as the paper)
         raw = self.actor.raw(b["obs"])
@@ -221,8 +220,7 @@ class MADDPG:
         actor_loss = -(q_pi * alive).sum() / denom + a.logit_reg * reg
         self.actor_optim.zero_grad(set_to_none=True)
         actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actor.parameters(), a.max_grad_norm)
-        self.actor_optim.step()
+        optimizer_step(self.actor_optim, self.actor.parameters(), a.max_grad_norm)
         soft_update(self.actor_target, self.actor, a.tau)
         soft_update(self.critic_target, self.critic, a.tau)
         return {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(), "train/q_mean": q.mean().detach()}

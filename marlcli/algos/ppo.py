@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
-from marlcli.algos.base import Capabilities, adam, schedule_lr
+from marlcli import distributed
+from marlcli.algos.base import Capabilities, adam, optimizer_step, schedule_lr
 from marlcli.buffers import Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.nets import AgentMLP, GroupLinear, RunningNorm, agent_groups, with_agent_id
@@ -164,7 +165,8 @@ class PPO:
             mask = r.alive
             if a.value_norm:
                 self.value_norm.update(returns, mask)
-            adv = (adv - adv[mask].mean()) / (adv[mask].std() + 1e-8)
+            adv_mean, adv_std = distributed.masked_mean_std(adv, mask)  # over the global batch
+            adv = (adv - adv_mean) / (adv_std + 1e-8)
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, B, ...] -> [T*B, ...]
         obs, state, avail, actions = flat(r.obs), flat(r.state), flat(r.avail), flat(r.actions)
         logp_old, adv, returns, maskf = flat(logp_old), flat(adv), flat(returns), flat(mask).float()
@@ -185,8 +187,7 @@ class PPO:
                 loss = pg_loss - a.ent_coef * entropy + a.vf_coef * v_loss
                 self.optim.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.params, a.max_grad_norm)
-                self.optim.step()
+                grad_norm = optimizer_step(self.optim, self.params, a.max_grad_norm)
         with torch.no_grad():
             approx_kl = (((ratio - 1) - (logp - logp_old[idx])) * m).sum() / denom
         stats = {"loss/policy": pg_loss.detach(), "loss/value": v_loss.detach(), "loss/entropy": entropy.detach(),

@@ -32,7 +32,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from marlcli.algos.base import Capabilities, adam, linear, schedule_lr
+from marlcli import distributed
+from marlcli.algos.base import Capabilities, adam, linear, optimizer_step, schedule_lr
 from marlcli.buffers import EpisodeReplay, Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.errors import ConfigError
@@ -202,9 +203,11 @@ class QLearner:
         lr = schedule_lr(self.optim, a, step, self.total_steps)
         metrics: dict[str, Any] = {"train/epsilon": self.epsilon(step), "train/buffer_episodes": self.replay.size,
                                    "train/lr": lr}
-        if self.replay.size < max(1, a.learning_starts):
+        ready = distributed.sum_int(self.replay.size) >= max(1, a.learning_starts)  # episodes over all ranks
+        if not (ready and distributed.all_true(self.replay.size > 0)):
             return metrics
-        self.credit += new * a.replay_ratio / a.batch_episodes
+        # all ranks run the same number of steps: global new episodes over the global batch (issue 21)
+        self.credit += distributed.sum_int(new) * a.replay_ratio / (a.batch_episodes * distributed.world_size())
         n_updates, self.credit = int(self.credit), self.credit - int(self.credit)
         for _ in range(n_updates):
             metrics.update(self.learn(self.replay.sample(a.batch_episodes)))
@@ -251,8 +254,7 @@ class QLearner:
         loss = (weight * delta**2).sum() / mask.sum().clamp(min=1)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.params, a.max_grad_norm)
-        self.optim.step()
+        grad_norm = optimizer_step(self.optim, self.params, a.max_grad_norm)
         self.updates += 1
         self._update_targets()
         m = mask.to(delta.dtype)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from marlcli import distributed
+
 
 class RunningNorm(nn.Module):
     """Debiased exponential running mean/variance, as in MAPPO's ValueNorm.
@@ -34,8 +36,9 @@ class RunningNorm(nn.Module):
             flat = flat[mask.reshape(-1)]
         if flat.numel() == 0:
             return
-        self.mean.mul_(self.beta).add_(flat.mean(0) * (1 - self.beta))
-        self.mean_sq.mul_(self.beta).add_((flat**2).mean(0) * (1 - self.beta))
+        mean, mean_sq = distributed.moments(flat)  # over all ranks' rows (issue 21)
+        self.mean.mul_(self.beta).add_(mean * (1 - self.beta))
+        self.mean_sq.mul_(self.beta).add_(mean_sq * (1 - self.beta))
         self.debias.mul_(self.beta).add_(1 - self.beta)
 
     def normalize(self, x: Tensor) -> Tensor:

@@ -272,6 +272,10 @@ def markdown(bench: dict[str, Any], title: bool = True) -> str:
             lines.append(f"| native | {b} | {v:,.0f} |")
         if "mpe2" in env:
             lines.append(f"| mpe2 parallel_env | 1 | {env['mpe2']:,.0f} |")
+        for b, v in env.get("vmas", {}).items():  # VMAS simple_spread through marlcli's adapter
+            lines.append(f"| vmas simple_spread | {b} | {v:,.0f} |")
+        for b, v in bench.get("env_steps_per_s", {}).get("vmas_navigation", {}).get("vmas", {}).items():
+            lines.append(f"| vmas navigation (continuous, lidar) | {b} | {v:,.0f} |")
         lines.append("")
     per_n = bench.get("per_agent_count")
     if per_n:

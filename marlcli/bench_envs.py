@@ -1,10 +1,14 @@
-"""Env throughput: native batched spread vs mpe2's ParallelEnv, with random actions.
+"""Env throughput: native batched spread vs mpe2's ParallelEnv vs VMAS, with random actions.
 
 An env-step is one step of one env copy (all agents). ``env_throughput()`` returns
-``{"env_steps_per_s": {"spread": {"native": {B: ...}, "mpe2": ...}},
+``{"env_steps_per_s": {"spread": {"native": {B: ...}, "mpe2": ..., "vmas": {B: ...}},
+"vmas_navigation": {"vmas": {B: ...}}},
 "per_agent_count": {"native_us_per_env_step": {N: ...}, "mpe2_us_per_env_step": {N: ...}}}``.
-Action sampling is outside the timed loop for native (pre-drawn) but inside for mpe2,
-as a Python user of mpe2 would pay it.
+Action sampling is outside the timed loop for native and VMAS (pre-drawn) but inside for
+mpe2, as a Python user of mpe2 would pay it. VMAS runs through marlcli's adapter
+(``marlcli.envs.vmas``, what training sees): VMAS's ``simple_spread`` (its port of the same
+task, N=3, discrete) side by side with native spread, and ``navigation`` (N=3, continuous,
+with its 12-ray lidar).
 """
 
 from __future__ import annotations
@@ -22,6 +26,29 @@ def _native_steps_per_s(n: int, b: int, seconds: float, device: torch.device) ->
     env = native.make(OmegaConf.create({"name": "spread", "N": n, "max_cycles": 25}), b, 0, device)
     env.reset()
     acts = torch.randint(0, 5, (8, b, n), device=device)
+    env.step(acts[0])  # warm-up
+    steps, start = 0, time.perf_counter()
+    while True:
+        for k in range(8):
+            env.step(acts[k])
+        steps += 8
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return steps * b / elapsed
+
+
+def _vmas_steps_per_s(scenario: str, b: int, seconds: float, device: torch.device, continuous: bool) -> float:
+    from marlcli.envs.vmas import VMASEnv
+
+    cfg = {"scenario": scenario, "max_steps": 25, "continuous_actions": continuous,
+           "n_agents": 3}
+    env = VMASEnv(OmegaConf.create(cfg), b, 0, device)
+    env.reset()
+    spec = env.spec
+    if continuous:
+        acts = torch.rand(8, b, spec.n_agents, spec.act_dim, device=device) * 2 - 1
+    else:
+        acts = torch.randint(0, spec.act_dim, (8, b, spec.n_agents), device=device)
     env.step(acts[0])  # warm-up
     steps, start = 0, time.perf_counter()
     while True:
@@ -62,8 +89,11 @@ def env_throughput(
     native_us = {str(n): 1e6 / _native_steps_per_s(n, per_agent_b, seconds, dev)
                  for n in n_values}
     mpe2_us = {str(n): 1e6 / _mpe2_steps_per_s(n, seconds) for n in n_values}
+    vmas_spread = {str(b): _vmas_steps_per_s("simple_spread", b, seconds, dev, False) for b in b_values}
+    vmas_nav = {str(b): _vmas_steps_per_s("navigation", b, seconds, dev, True) for b in b_values}
     return {
-        "env_steps_per_s": {"spread": {"native": by_b, "mpe2": 1e6 / mpe2_us[str(n_values[0])]}},
+        "env_steps_per_s": {"spread": {"native": by_b, "mpe2": 1e6 / mpe2_us[str(n_values[0])], "vmas": vmas_spread},
+                            "vmas_navigation": {"vmas": vmas_nav}},
         "per_agent_count": {"native_us_per_env_step": native_us, "mpe2_us_per_env_step": mpe2_us,
                             "native_b": per_agent_b},
         "torch_threads": torch.get_num_threads(),

@@ -60,6 +60,20 @@ def _flat(obs: Any) -> Tensor:
     return obs.reshape(obs.shape[0], -1)
 
 
+def _scenario(name: str) -> Any:
+    """A VMAS scenario file name (``navigation``), or ``package.module:Class`` for your own ``BaseScenario``."""
+    if ":" not in name:
+        return name
+    from marlcli.envs.pettingzoo import load_factory
+
+    try:
+        return load_factory(name)()
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a user's scenario class failing to build
+        raise ConfigError(f"env.scenario={name}: {type(e).__name__}: {e}") from None
+
+
 class VMASEnv:
     """``num_envs`` copies of one VMAS scenario on ``device``, auto-reset, truncated at ``max_steps``."""
 
@@ -83,7 +97,7 @@ class VMASEnv:
         with self._own_rng(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                self.env = vmas.make_env(scenario, num_envs=self.num_envs, device=self.device,
+                self.env = vmas.make_env(_scenario(scenario), num_envs=self.num_envs, device=self.device,
                                          continuous_actions=not self.discrete, max_steps=None, seed=None,
                                          dict_spaces=False, **kwargs)
             except AssertionError as e:  # vmas.scenarios.load asserts on an unknown name

@@ -272,10 +272,18 @@ def markdown(bench: dict[str, Any], title: bool = True) -> str:
             lines.append(f"| native | {b} | {v:,.0f} |")
         if "mpe2" in env:
             lines.append(f"| mpe2 parallel_env | 1 | {env['mpe2']:,.0f} |")
-        for b, v in env.get("vmas", {}).items():  # VMAS simple_spread through marlcli's adapter
-            lines.append(f"| vmas simple_spread | {b} | {v:,.0f} |")
-        for b, v in bench.get("env_steps_per_s", {}).get("vmas_navigation", {}).get("vmas", {}).items():
-            lines.append(f"| vmas navigation (continuous, lidar) | {b} | {v:,.0f} |")
+        lines.append("")
+    vm = bench.get("vmas_throughput")
+    if vm:
+        load = vm.get("load_avg_1min")
+        lines += ["## VMAS vs native spread: env-steps/s, random actions (N=3, CPU)", "",
+                  f"Through marlcli's adapter; at each B the three are timed in turn, best of {vm['repeats']}"
+                  + (f" (load average {load} when measured)" if load is not None else "") + ".", "",
+                  "| B | native spread | VMAS simple_spread | VMAS navigation (continuous, lidar) | native / VMAS spread |",
+                  "|---|---|---|---|---|"]
+        for b, v in vm["env_steps_per_s"].items():
+            lines.append(f"| {b} | {v['native_spread']:,.0f} | {v['vmas_simple_spread']:,.0f} | "
+                         f"{v['vmas_navigation']:,.0f} | {v['native_spread'] / v['vmas_simple_spread']:.0f}x |")
         lines.append("")
     per_n = bench.get("per_agent_count")
     if per_n:
@@ -366,8 +374,8 @@ def publish(out: Path, bench: dict[str, Any], dest: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m marlcli.bench", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/bench", help="output folder (runs/, logs/, bench.json, bench.md)")
-    p.add_argument("--sections", default="env,backends,oracle,ttr",
-                   help="env, backends, oracle, ttr, common (comma separated)")
+    p.add_argument("--sections", default="env,vmas,backends,oracle,ttr",
+                   help="env, vmas, backends, oracle, ttr, common (comma separated)")
     p.add_argument("--algos", default="vdn,qmix,iql,mappo", help="algorithms of the ttr section")
     p.add_argument("--seeds", default=SEEDS, help="training seeds, e.g. 100-104 or 100,101 (tuning used 0-4)")
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED,
@@ -390,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         if "env" in sections:
             print("env throughput ...")
             bench.update(section_env(out))
+        if "vmas" in sections:
+            from marlcli.bench_envs import vmas_throughput
+
+            print("VMAS vs native spread throughput ...")
+            bench["vmas_throughput"] = vmas_throughput()
         if "backends" in sections:
             print("native vs mpe2 backend, time to -16 ...")
             bench["backends"] = section_backends(out, a.time_limit, seeds[0], a.jobs)

@@ -59,6 +59,15 @@ def test_two_envs_do_not_share_a_stream() -> None:
     assert torch.equal(paired.reset().obs, alone.reset().obs)
 
 
+def test_bench_table_row() -> None:
+    from marlcli import bench
+
+    row = {"native_spread": 2000.0, "vmas_simple_spread": 100.0, "vmas_navigation": 50.0}
+    md = bench.markdown({"machine": "t", "vmas_throughput": {"env_steps_per_s": {"64": row}, "repeats": 3,
+                                                             "load_avg_1min": 1.5}})
+    assert "| 64 | 2,000 | 100 | 50 | 20x |" in md and "best of 3 (load average 1.5" in md
+
+
 def test_resume_is_exact_mid_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run killed after a mid-episode checkpoint (t=10 of 25) resumes to the uninterrupted run's metrics."""
     base = ["algo=mappo", "env=vmas", "env.scenario=navigation", "env.n_agents=2", "env.max_steps=25",

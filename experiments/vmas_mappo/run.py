@@ -32,7 +32,7 @@ EVAL = ["train.eval_episodes=200", "train.eval_envs=200", "train.eval_interval=1
         "train.checkpoint_interval=1000000000", "train.log_interval=1000000000", "logger.progress=false", "device=cpu"]
 SETTINGS: dict[str, list[str]] = {  # env.max_steps = algo.rollout_steps: one episode per update and copy
     "navigation": ["env.scenario=navigation", "env.n_agents=3", "env.max_steps=100", "env.continuous_actions=true",
-                   "env.num_envs=64", "algo.rollout_steps=100", "train.total_steps=256000"],
+                   "env.num_envs=64", "algo.rollout_steps=100", "train.total_steps=128000"],
     "balance": ["env.scenario=balance", "env.n_agents=3", "env.max_steps=100", "env.continuous_actions=true",
                 "env.num_envs=64", "algo.rollout_steps=100", "train.total_steps=256000"],
 }
@@ -97,15 +97,17 @@ def main(argv: list[str]) -> None:
     scenarios = args.get("scenarios", "navigation,balance").split(",")
     out = Path(args.get("out", Path(__file__).parent))
     torch.set_num_threads(1)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    name = "results" if seeds == [100, 101, 102] else f"results_seeds_{'_'.join(map(str, seeds))}"
     with tempfile.TemporaryDirectory() as tmp:
         for sc in scenarios:
-            rows += [run(sc, s, Path(tmp)) for s in seeds]
-    mean = {sc: {k: sum(r[k] for r in rows if r["scenario"] == sc) / len(seeds) for k in ("mappo", "random", "still")}
-            for sc in scenarios}
-    result = {"seeds": seeds, "settings": {sc: SETTINGS[sc] + EVAL for sc in scenarios}, "runs": rows, "mean": mean}
-    name = "results" if seeds == [100, 101, 102] else f"results_seeds_{'_'.join(map(str, seeds))}"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+            for s in seeds:
+                rows.append(run(sc, s, Path(tmp)))
+                mean = {c: {k: sum(r[k] for r in rows if r["scenario"] == c) / sum(r["scenario"] == c for r in rows)
+                            for k in ("mappo", "random", "still")} for c in dict.fromkeys(r["scenario"] for r in rows)}
+                result = {"seeds": seeds, "settings": {c: SETTINGS[c] + EVAL for c in scenarios}, "runs": rows,
+                          "mean": mean}
+                (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")  # after every run
     table = ["| scenario | MAPPO | random | stand still | per seed (MAPPO / random) |", "|---|---|---|---|---|"]
     for sc in scenarios:
         per = ", ".join(f"{r['mappo']:.2f} / {r['random']:.2f}" for r in rows if r["scenario"] == sc)

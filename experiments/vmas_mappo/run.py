@@ -6,7 +6,8 @@ Trains marlcli's MAPPO (``env=vmas``, the budgets and settings in ``SETTINGS``) 
 its final greedy evaluation with a uniformly random policy and with standing still
 (action 0 / the zero vector), each on exactly the episodes the trainer evaluates on (same
 env config, copies and seed). Seeds 0-2 were used to choose the settings; the README
-reports seeds 100-102. Writes ``results.json`` (per seed and the means) and ``table.md``.
+reports seeds 100-102. Writes ``results_<scenarios>.json`` (seeds 100-102; other seeds:
+``tuning_<scenarios>.json``) with every run and the means, after every run, and a markdown table.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def main(argv: list[str]) -> None:
     out = Path(args.get("out", Path(__file__).parent))
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
-    name = "results" if seeds == [100, 101, 102] else f"results_seeds_{'_'.join(map(str, seeds))}"
+    name = f"{'results' if seeds == [100, 101, 102] else 'tuning'}_{'_'.join(scenarios)}"
     with tempfile.TemporaryDirectory() as tmp:
         for sc in scenarios:
             for s in seeds:
@@ -113,7 +114,7 @@ def main(argv: list[str]) -> None:
         per = ", ".join(f"{r['mappo']:.2f} / {r['random']:.2f}" for r in rows if r["scenario"] == sc)
         m = mean[sc]
         table.append(f"| {sc} | {m['mappo']:.2f} | {m['random']:.2f} | {m['still']:.2f} | {per} |")
-    (out / f"{name.replace('results', 'table')}.md").write_text("\n".join(table) + "\n")
+    (out / f"table_{name}.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 
 

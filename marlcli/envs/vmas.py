@@ -100,10 +100,14 @@ class VMASEnv:
                 self.env = vmas.make_env(_scenario(scenario), num_envs=self.num_envs, device=self.device,
                                          continuous_actions=not self.discrete, max_steps=None, seed=None,
                                          dict_spaces=False, **kwargs)
+            except ConfigError:
+                raise
             except AssertionError as e:  # vmas.scenarios.load asserts on an unknown name
                 if "not found" in str(e):
                     raise ConfigError(f"no VMAS scenario named '{scenario}' (env.scenario)") from None
-                raise
+                raise ConfigError(f"VMAS scenario '{scenario}' rejected its arguments: {e}") from None
+            except (TypeError, ValueError) as e:  # a scenario argument of the wrong type or value
+                raise ConfigError(f"VMAS scenario '{scenario}': {type(e).__name__}: {e}") from None
             obs = [_flat(o) for o in self.env.reset()]
         unused = [str(w.message) for w in caught if "passed but not used" in str(w.message)]
         if unused:

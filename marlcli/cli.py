@@ -20,9 +20,10 @@ USAGE = """usage: marl <command> [args]
 
 commands:
   train [key=value ...] [-m]   train (Hydra app; `marl train --help` lists groups and options)
-  eval PATH [episodes=1000] [seed=0] [deterministic=true] [device=cpu] [envs=1000] [env.factory=M:F]
+  eval PATH [episodes=1000] [seed=0] [deterministic=true] [device=cpu] [envs=1000] [env.KEY=VALUE ...]
                                evaluate checkpoints decentralized; PATH = seed dir, run dir or .pt
-                               (env.factory=: trust a factory the checkpoint names that is not marlcli's)
+                               (env.N=32 ...: in another env configuration; env.factory=: trust a
+                               factory the checkpoint names that is not marlcli's)
   report PATH... [out=DIR] [--format marl-eval]
                                tables and learning curves over seeds
   export PATH [format=onnx,torchscript] [out=DIR]
@@ -33,8 +34,9 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-c
                           "--config-dir", "-cd", "--info", "--experimental-rerun"}
 
 
-# `marl eval` options that are config keys (applied to the checkpoint's config); more env.<key> can join
-EVAL_CONFIG_KEYS = ("env.factory",)
+# `marl eval` options that are config keys, applied to the checkpoint's config: any env.<key>
+# (`env.N=32 env.num_agent_neighbors=3`: evaluate where the actor was not trained; issue 17)
+EVAL_CONFIG_KEYS = ("env.",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,12 +269,15 @@ def eval_main(args: list[str]) -> int:
 
 
 def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic: bool = True,
-                  device: str = "cpu", envs: int = 1000, overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    """Evaluate every checkpoint at ``path`` decentralized; writes ``eval.json`` per seed dir.
+                  device: str = "cpu", envs: int = 1000, overrides: list[str] | None = None,
+                  write: bool = True) -> list[dict[str, Any]]:
+    """Evaluate every checkpoint at ``path`` decentralized; writes ``eval.json`` per seed dir (if ``write``).
 
     ``overrides`` (``env.factory=pkg.mod:make``) replace keys of each checkpoint's config; an
     ``env.factory`` given here is trusted, any other foreign one is refused (issue 16).
     """
+    from omegaconf import OmegaConf
+
     from marlcli import results
     from marlcli.algos import load_family
     from marlcli.errors import CheckpointError
@@ -287,12 +292,15 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     given = dict(o.split("=", 1) for o in overrides or [])
     dev = resolve_device(device)
     rows = []
+    moved = {k: v for k, v in given.items() if k != "env.factory"}  # env keys changed from the training run's
     for target in targets:
         payload = results.load_checkpoint(target)
         cfg = results.checkpoint_config(payload, overrides=given)
         env = env_for_eval(cfg, min(episodes, envs), seed, dev)
         try:
             actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
+            if moved:
+                check_actor_fits(actor, payload, cfg, env.spec, moved)
             results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded
             actor.eval()
             res = run_episodes(actor, env, episodes, deterministic)
@@ -304,12 +312,41 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
                "eval_seed": seed, **summary}
         if cfg.get("variant"):
             row["variant"] = str(cfg.variant)
+        if moved:  # evaluated somewhere else than trained: say where
+            row["env_overrides"] = moved
+            row["n_agents"] = env.spec.n_agents
+        row["env_config"] = {k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "kwargs"}
         sdir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
                                                 else target.parent)
-        if (sdir / "config.yaml").exists():
+        if write and (sdir / "config.yaml").exists():
             results.atomic_write_text(sdir / "eval.json", json.dumps(row, indent=2) + "\n")
         rows.append(row)
     return rows
+
+
+def check_actor_fits(actor: Any, payload: dict[str, Any], cfg: DictConfig, spec: Any, moved: dict[str, str]) -> None:
+    """One line, before loading, when the checkpoint's actor cannot run in the overridden env (issue 17).
+
+    Its weights' shapes are compared with those of an actor built for the new env; a
+    mismatch means its input or its network count depends on what changed, and the message
+    says which option would have made it size-free.
+    """
+    from marlcli.errors import CheckpointError
+
+    saved = payload["actor"]
+    wrong = [k for k, v in actor.state_dict().items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    if not wrong:
+        return
+    where = " ".join(f"{k}={v}" for k, v in moved.items())
+    if str(cfg.sharing.mode) != "all":
+        why = f"it has one network per agent or role (sharing={cfg.sharing.mode}); train with sharing=all"
+    elif bool(cfg.sharing.get("agent_id", True)):
+        why = "its input holds a one-hot agent id of length N; train with sharing.agent_id=false"
+    else:
+        why = (f"its input size depends on the env (observation size {spec.obs_dim} here); keep "
+               "env.num_agent_neighbors and env.num_landmark_neighbors fixed, or use actor=deepsets")
+    raise CheckpointError(f"the actor of {payload.get('_path')} cannot run with {where}: {why} "
+                          f"(weights that do not fit: {', '.join(wrong[:3])})")
 
 
 def print_eval_table(rows: list[dict[str, Any]]) -> None:
@@ -319,9 +356,13 @@ def print_eval_table(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     agents = [k for k in rows[0] if k.startswith("return/")]
+    if len(agents) > 8:  # a swarm: eval.json keeps every agent, the table only the means
+        agents = []
     roles = [k for k in rows[0] if k.startswith("return_role/")]
     extra = [k for k in rows[0] if k in ("landmarks_covered", "collisions", "catches")]
-    table = Table(title=f"marl eval: {rows[0]['algo']} on {rows[0]['env']} (decentralized actors)")
+    where = " ".join(f"{k}={v}" for k, v in rows[0].get("env_overrides", {}).items())
+    table = Table(title=f"marl eval: {rows[0]['algo']} on {rows[0]['env']}{' ' + where if where else ''} "
+                        "(decentralized actors)")
     for col in ["seed", "step", "episodes", "return mean ± 95% CI", *[a.split("/", 1)[1] for a in agents + roles],
                 *extra]:
         table.add_column(col, justify="right")

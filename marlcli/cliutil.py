@@ -44,9 +44,9 @@ class Options:
 def parse_kv(args: list[str], known: dict[str, Any], passthrough: tuple[str, ...] = ()) -> Options:
     """Split ``args`` into paths and ``key=value`` options typed like ``known``'s defaults.
 
-    Keys in ``passthrough`` (exact keys such as ``env.factory``) are kept verbatim as
-    overrides, so a command can accept config keys without a typed default. An unknown key
-    raises ``ValueError`` with a one-line message.
+    Keys in ``passthrough`` (exact keys such as ``env.factory``, or prefixes ending in ``.``
+    such as ``env.``) are kept verbatim as overrides, so a command can accept config keys
+    without a typed default. An unknown key raises ``ValueError`` with a one-line message.
     """
     paths: list[str] = []
     opts, overrides = dict(known), []
@@ -55,11 +55,11 @@ def parse_kv(args: list[str], known: dict[str, Any], passthrough: tuple[str, ...
             paths.append(a)
             continue
         k, v = a.split("=", 1)
-        if k in passthrough:
+        if k in passthrough or any(p.endswith(".") and k.startswith(p) and len(k) > len(p) for p in passthrough):
             overrides.append(a)
             continue
         if k not in known:
-            every = [*known, *(f"{p}=" for p in passthrough)]
+            every = [*known, *(f"{p}KEY=" if p.endswith(".") else f"{p}=" for p in passthrough)]
             raise ValueError(f"unknown option '{k}'; options: {', '.join(every)}")
         opts[k] = _typed(k, v, known[k])
     return Options(paths, opts, overrides)

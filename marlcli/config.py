@@ -52,11 +52,21 @@ class LauncherConfig:
 @dataclass
 class CriticConfig:
     type: str = "centralized"  # centralized (global state) | independent (own observation)
+    arch: str = "mlp"  # mlp (the flat state) | set (pooled over the agents' observations: any N)
 
 
 @dataclass
 class SharingConfig:
     mode: str = "all"  # all | none | role
+    agent_id: bool = True  # sharing=all: append a one-hot agent id (false: the actor runs at any N)
+
+
+@dataclass
+class ActorConfig:
+    """The actor's input architecture, for every family (``marlcli/nets/actor.py``)."""
+
+    type: str = "mlp"  # mlp | deepsets | attention
+    embed: int = 64  # entity embedding width (deepsets / attention)
 
 
 @dataclass
@@ -72,6 +82,7 @@ class RootConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
     env: Any = None
     algo: Any = None
 
@@ -104,6 +115,7 @@ def register() -> None:
     cs.store(name="root_schema", node=RootConfig)
     cs.store(group="critic", name="critic_schema", node=CriticConfig)
     cs.store(group="sharing", name="sharing_schema", node=SharingConfig)
+    cs.store(group="actor", name="actor_schema", node=ActorConfig)
     import marlcli.algos as algos
 
     for info in pkgutil.iter_modules(algos.__path__):

@@ -276,12 +276,13 @@ def checkpoint_config(payload: dict[str, Any], trusted: Iterable[str] = (),
         if not isinstance(raw, DictConfig) or not isinstance(raw.get("env"), DictConfig) \
                 or not isinstance(raw.get("algo"), DictConfig):
             raise ValueError("it has no env and algo sections")
-        for key, value in overrides.items():
-            OmegaConf.update(raw, key, value, force_add=True)
+        apply_overrides(raw, overrides)
         cfg = OmegaConf.merge(OmegaConf.structured(RootConfig), raw)
         for key in ("env.name", "env.backend", "algo.name", "algo.family"):
             if not isinstance(OmegaConf.select(cfg, key), str):
                 raise ValueError(f"{key} is missing")
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - YAML, schema and type errors alike
         raise CheckpointError(f"{where}: its config does not compose ({describe(exc)})") from None
     family = str(cfg.algo.family)
@@ -301,6 +302,26 @@ def checkpoint_config(payload: dict[str, Any], trusted: Iterable[str] = (),
                               f"checkpoints never import code they name: if you trust it, pass env.factory={factory}")
     assert isinstance(cfg, DictConfig)
     return cfg
+
+
+def apply_overrides(raw: DictConfig, overrides: dict[str, str]) -> None:
+    """Set ``env.KEY=VALUE`` overrides (``marl eval PATH env.N=32``) on a checkpoint's config.
+
+    Values are parsed as YAML (``true``, ``3``, ``null``). Only keys the saved env config
+    has can be set (a typo is one line, not a silently ignored key), except ``env.factory``;
+    a key the factory also takes (``env.kwargs.N``, resolved when the run was saved) is
+    set there too, so both backends see the new value.
+    """
+    for key, value in overrides.items():
+        parsed = OmegaConf.from_dotlist([f"x={value}"]).x
+        head, _, name = key.partition(".")
+        if head == "env" and name != "factory":
+            if "." not in name and name not in raw.env:
+                known = ", ".join(k for k in raw.env if k != "kwargs")
+                raise CheckpointError(f"{key}: the run's env config has no key '{name}' (its keys: {known})")
+            if "." not in name and isinstance(raw.env.get("kwargs"), DictConfig) and name in raw.env.kwargs:
+                OmegaConf.update(raw, f"env.kwargs.{name}", parsed, force_add=True)
+        OmegaConf.update(raw, key, parsed, force_add=True)
 
 
 def known_families() -> set[str]:

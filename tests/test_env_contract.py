@@ -97,6 +97,10 @@ for _cont in (False, True):
             _native(_name, max_cycles=LIMIT, continuous_actions=_cont), 3 * LIMIT, "native_mpe")
     for _name, _factory in MPE2.items():
         CASES[f"pz_{_name}{_sfx}"] = _pz_case(_factory, _name, max_cycles=LIMIT, continuous_actions=_cont)
+# swarm spread (issue 17): neighbour-limited observations, scaled arena, no absolute position, mean reward
+CASES["native_spread_swarm"] = Case(_native("spread", max_cycles=LIMIT, N=6, num_agent_neighbors=3,
+                                            num_landmark_neighbors=3, scale_arena=True, observe_position=False,
+                                            global_reward="mean"), 3 * LIMIT, "native_mpe")
 for _name, _cycles in (("coordination", 1), ("prisoners", 3), ("rps", 1)):
     CASES[f"native_{_name}"] = Case(_native(_name, max_cycles=_cycles), 7, "matrix", random=False, limit=_cycles)
     CASES[f"pz_{_name}"] = _pz_case(f"marlcli.envs.matrix:{_name}", _name, 7, False, _cycles, max_cycles=_cycles)
@@ -357,6 +361,13 @@ def check_native_mpe(name: str, r: Rollout) -> None:
     assert not r.terminated.any() and torch.equal(r.truncated, done) and r.alive.all() and r.next_alive.all()
     t = torch.arange(1, done.shape[0] + 1)[:, None].expand_as(done)
     assert torch.equal(done, t % LIMIT == 0)
+    if name == "spread_swarm":  # obs = [vel, nearest landmark offsets (sorted: the order may change), ...]
+        fresh = r.obs[1:][done[:-1]]
+        assert (fresh[..., 0:2] == 0).all(), "a fresh episode starts at rest"
+        at_done = done[:-1]
+        assert not torch.isclose(r.next_obs[:-1][at_done], r.obs[1:][at_done], atol=1e-4).all(), \
+            "the final obs is not the reset one"
+        return
     if name in ("spread", "tag"):  # obs = [vel, pos, landmark offsets, ...]; mpe2 moves pos by the old vel
         torch.testing.assert_close(r.next_obs[..., 2:4], r.obs[..., 2:4] + 0.1 * r.obs[..., 0:2], rtol=0, atol=1e-5)
         fresh = r.obs[1:][done[:-1]]

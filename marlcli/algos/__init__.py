@@ -26,6 +26,11 @@ def check_compatible(module: ModuleType, spec: EnvSpec, cfg: DictConfig) -> None
     if spec.discrete and not caps.discrete:
         raise ConfigError(f"algo={name} needs continuous actions but env={spec.name} has discrete ones; "
                           "set env.continuous_actions=true or pick another algo")
+    if cfg.critic.get("arch", "mlp") not in ("mlp", "set"):
+        raise ConfigError(f"unknown critic.arch '{cfg.critic.arch}': use mlp or set")
+    if cfg.critic.get("arch", "mlp") == "set" and (not caps.set_critic or cfg.critic.type != "centralized"):
+        raise ConfigError(f"critic=set (a centralized critic over the set of agents) is available for MAPPO and the "
+                          f"QMIX mixer, not algo={name} with critic.type={cfg.critic.type}; use critic=centralized")
     if not spec.discrete and not caps.continuous:
         raise ConfigError(f"algo={name} supports discrete actions only but env={spec.name} has continuous ones; "
                           "set env.continuous_actions=false or pick another algo")

@@ -30,6 +30,7 @@ class Capabilities:
     continuous: bool = True
     on_policy: bool = True
     cooperative_only: bool = False  # needs one shared team reward (value decomposition)
+    set_critic: bool = False  # supports critic.arch=set (critic / mixer over the set of agents, any N)
 
 
 class Actor(Protocol):

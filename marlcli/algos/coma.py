@@ -94,7 +94,7 @@ def counterfactual_advantage(q: Tensor, probs: Tensor, actions: Tensor) -> Tenso
 
 def make_actor(spec: EnvSpec, cfg: DictConfig) -> PolicyActor:
     a = cfg.algo
-    return PolicyActor(spec, cfg.sharing.mode, a.hidden, a.layers, a.activation)
+    return PolicyActor(spec, cfg, a.hidden, a.layers, a.activation)
 
 
 def make(spec: EnvSpec, cfg: DictConfig, device: torch.device) -> COMA:

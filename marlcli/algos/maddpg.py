@@ -28,6 +28,7 @@ from marlcli.algos.base import Capabilities, adam
 from marlcli.buffers import Rollout, TransitionReplay
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.nets import AgentMLP, agent_groups, with_agent_id
+from marlcli.nets.actor import make_encoder, uses_agent_id
 
 CAPS = Capabilities(discrete=True, continuous=True, on_policy=False)
 
@@ -59,20 +60,20 @@ class Config:
 class DeterministicActor(nn.Module):
     """``mu_i(o_i)``: logits (discrete) or squashed actions (continuous) per agent."""
 
-    def __init__(self, spec: EnvSpec, sharing: str, hidden: int, layers: int, activation: str) -> None:
+    def __init__(self, spec: EnvSpec, cfg: DictConfig, hidden: int, layers: int, activation: str) -> None:
         super().__init__()
-        self.add_id, self.discrete = sharing == "all", spec.discrete
+        self.discrete = spec.discrete
         low, high = spec.bounds()
         self.register_buffer("low", low, persistent=False)  # [N, A]: each agent its own bounds
         self.register_buffer("high", high, persistent=False)
-        in_dim = spec.obs_dim + (spec.n_agents if self.add_id else 0)
-        self.net = AgentMLP(in_dim, spec.act_dim, agent_groups(sharing, spec), hidden, layers, activation,
-                            out_gain=0.01)
+        self.encoder = make_encoder(spec, cfg)
+        self.net = AgentMLP(self.encoder.out_dim, spec.act_dim, agent_groups(cfg.sharing.mode, spec), hidden, layers,
+                            activation, out_gain=0.01)
         self.register_buffer("act_mask", spec.action_mask(), persistent=False)
 
     def raw(self, obs: Tensor) -> Tensor:
         """Pre-activations ``[..., N, A]``; agent i's row depends on ``obs[..., i, :]`` only."""
-        return self.net(with_agent_id(obs) if self.add_id else obs)
+        return self.net(self.encoder(obs))
 
     def squash(self, raw: Tensor) -> Tensor:
         return self.low + (self.high - self.low) * torch.sigmoid(raw) * self.act_mask
@@ -91,11 +92,11 @@ class DeterministicActor(nn.Module):
 class QCritic(nn.Module):
     """``Q_i(x, a_1..a_n)`` (centralized) or ``Q_i(o_i, a_i)`` (independent), per agent."""
 
-    def __init__(self, spec: EnvSpec, centralized: bool, sharing: str, hidden: int, layers: int,
+    def __init__(self, spec: EnvSpec, centralized: bool, sharing: str, agent_id: bool, hidden: int, layers: int,
                  activation: str) -> None:
         super().__init__()
         self.centralized, self.n = centralized, spec.n_agents
-        self.add_id = centralized or sharing == "all"
+        self.add_id = centralized or uses_agent_id(sharing, agent_id)
         base = spec.state_dim + spec.n_agents * spec.act_dim if centralized else spec.obs_dim + spec.act_dim
         self.in_dim = base + (spec.n_agents if self.add_id else 0)
         self.net = AgentMLP(self.in_dim, 1, agent_groups(sharing, spec), hidden, layers, activation)
@@ -116,7 +117,7 @@ class QCritic(nn.Module):
 
 def make_actor(spec: EnvSpec, cfg: DictConfig) -> DeterministicActor:
     a = cfg.algo
-    return DeterministicActor(spec, cfg.sharing.mode, a.hidden, a.layers, a.activation)
+    return DeterministicActor(spec, cfg, a.hidden, a.layers, a.activation)
 
 
 def make(spec: EnvSpec, cfg: DictConfig, device: torch.device) -> MADDPG:
@@ -138,8 +139,8 @@ class MADDPG:
         self.spec, self.device = spec, device
         self.rollout_steps = int(a.rollout_steps)
         self.actor = make_actor(spec, cfg).to(device)
-        self.critic = QCritic(spec, cfg.critic.type == "centralized", cfg.sharing.mode, a.hidden, a.layers,
-                              a.activation).to(device)
+        self.critic = QCritic(spec, cfg.critic.type == "centralized", cfg.sharing.mode, cfg.sharing.agent_id,
+                              a.hidden, a.layers, a.activation).to(device)
         self.actor_target, self.critic_target = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.actor_optim = adam(self.actor.parameters(), a.actor_lr)
         self.critic_optim = adam(self.critic.parameters(), a.critic_lr)

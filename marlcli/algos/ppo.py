@@ -21,10 +21,11 @@ from torch.distributions import Categorical, Normal
 from marlcli.algos.base import Capabilities, adam, schedule_lr
 from marlcli.buffers import Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
-from marlcli.nets import AgentMLP, RunningNorm, agent_groups, with_agent_id
+from marlcli.nets import AgentMLP, GroupLinear, RunningNorm, agent_groups, with_agent_id
+from marlcli.nets.actor import make_encoder, uses_agent_id
 from marlcli.returns import gae
 
-CAPS = Capabilities(discrete=True, continuous=True, on_policy=True)
+CAPS = Capabilities(discrete=True, continuous=True, on_policy=True, set_critic=True)
 
 
 @dataclass
@@ -53,22 +54,22 @@ class Config:
 
 
 class PolicyActor(nn.Module):
-    """Categorical (discrete) or diagonal Gaussian (continuous) policy per agent."""
+    """Categorical (discrete) or diagonal Gaussian (continuous) policy per agent: encoder -> MLP head."""
 
-    def __init__(self, spec: EnvSpec, sharing: str, hidden: int, layers: int, activation: str,
+    def __init__(self, spec: EnvSpec, cfg: DictConfig, hidden: int, layers: int, activation: str,
                  init_log_std: float = -0.5) -> None:
         super().__init__()
-        groups = agent_groups(sharing, spec)
-        self.add_id, self.discrete = sharing == "all", spec.discrete
-        in_dim = spec.obs_dim + (spec.n_agents if self.add_id else 0)
-        self.net = AgentMLP(in_dim, spec.act_dim, groups, hidden, layers, activation, out_gain=0.01)
+        groups = agent_groups(cfg.sharing.mode, spec)
+        self.discrete = spec.discrete
+        self.encoder = make_encoder(spec, cfg)
+        self.net = AgentMLP(self.encoder.out_dim, spec.act_dim, groups, hidden, layers, activation, out_gain=0.01)
         self.register_buffer("groups", torch.tensor(groups), persistent=False)
         self.register_buffer("act_mask", spec.action_mask().float(), persistent=False)
         if not spec.discrete:
             self.log_std = nn.Parameter(torch.full((max(groups) + 1, spec.act_dim), init_log_std))
 
     def dist(self, obs: Tensor, avail: Tensor) -> Categorical | Normal:
-        out = self.net(with_agent_id(obs) if self.add_id else obs)
+        out = self.net(self.encoder(obs))
         if self.discrete:
             return Categorical(logits=out.masked_fill(~avail, -1e9))
         return Normal(out, self.log_std[self.groups].exp().expand_as(out))
@@ -91,25 +92,38 @@ class PolicyActor(nn.Module):
 
 
 class ValueCritic(nn.Module):
-    """V per agent: from the global state (centralized) or the own observation (independent)."""
+    """V per agent: from the global state (centralized), the own observation (independent), or the set of
+    every agent's observation (``critic.arch=set``: own embedding + mean over agents, any N)."""
 
-    def __init__(self, spec: EnvSpec, centralized: bool, sharing: str, hidden: int, layers: int,
-                 activation: str) -> None:
+    def __init__(self, spec: EnvSpec, cfg: DictConfig, hidden: int, layers: int, activation: str) -> None:
         super().__init__()
-        self.centralized, self.add_id = centralized, centralized or sharing == "all"
-        in_dim = (spec.state_dim if centralized else spec.obs_dim) + (spec.n_agents if self.add_id else 0)
-        self.net = AgentMLP(in_dim, 1, agent_groups(sharing, spec), hidden, layers, activation)
+        sharing = cfg.sharing.mode
+        self.centralized = cfg.critic.type == "centralized"
+        self.set = self.centralized and cfg.critic.arch == "set"
         self.n = spec.n_agents
+        groups = agent_groups(sharing, spec)
+        if self.set:  # size-free: no one-hot id (roles still get their own weights through the groups)
+            self.encoder = make_encoder(spec, cfg, add_id=False)
+            self.embed = GroupLinear(self.encoder.out_dim, hidden, groups)
+            self.net = AgentMLP(2 * hidden, 1, groups, hidden, max(layers - 1, 0), activation)
+            return
+        self.add_id = self.centralized or uses_agent_id(sharing, cfg.sharing.agent_id)
+        in_dim = (spec.state_dim if self.centralized else spec.obs_dim) + (spec.n_agents if self.add_id else 0)
+        self.net = AgentMLP(in_dim, 1, groups, hidden, layers, activation)
 
     def forward(self, obs: Tensor, state: Tensor) -> Tensor:
         """``obs [..., N, O]``, ``state [..., S]`` -> values ``[..., N]``."""
+        if self.set:
+            e = torch.tanh(self.embed(self.encoder(obs)))  # [..., N, H]
+            pooled = e.mean(-2, keepdim=True).expand_as(e)
+            return self.net(torch.cat([e, pooled], -1)).squeeze(-1)
         x = state.unsqueeze(-2).expand(*state.shape[:-1], self.n, state.shape[-1]) if self.centralized else obs
         return self.net(with_agent_id(x) if self.add_id else x).squeeze(-1)
 
 
 def make_actor(spec: EnvSpec, cfg: DictConfig) -> PolicyActor:
     a = cfg.algo
-    return PolicyActor(spec, cfg.sharing.mode, a.hidden, a.layers, a.activation, a.init_log_std)
+    return PolicyActor(spec, cfg, a.hidden, a.layers, a.activation, a.init_log_std)
 
 
 def make(spec: EnvSpec, cfg: DictConfig, device: torch.device) -> PPO:
@@ -123,8 +137,7 @@ class PPO:
         self.cfg, a = cfg.algo, cfg.algo
         self.rollout_steps = int(a.rollout_steps)
         self.actor = make_actor(spec, cfg).to(device)
-        self.critic = ValueCritic(spec, cfg.critic.type == "centralized", cfg.sharing.mode, a.hidden,
-                                  a.layers, a.activation).to(device)
+        self.critic = ValueCritic(spec, cfg, a.hidden, a.layers, a.activation).to(device)
         self.value_norm = RunningNorm().to(device)
         self.params = list(self.actor.parameters()) + list(self.critic.parameters())
         self.optim = adam(self.params, a.lr, 1e-5)

@@ -36,12 +36,13 @@ from marlcli.algos.base import Capabilities, adam, linear, schedule_lr
 from marlcli.buffers import EpisodeReplay, Rollout
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.errors import ConfigError
-from marlcli.nets import AgentMLP, RunningNorm, agent_groups, with_agent_id
+from marlcli.nets import AgentMLP, RunningNorm, agent_groups
+from marlcli.nets.actor import make_encoder
 from marlcli.nets.mixers import make_mixer
 from marlcli.nets.rnn import AgentRNN
 from marlcli.returns import nstep_returns, td_lambda
 
-CAPS = Capabilities(discrete=True, continuous=False, on_policy=False)
+CAPS = Capabilities(discrete=True, continuous=False, on_policy=False, set_critic=True)
 
 
 @dataclass
@@ -90,14 +91,17 @@ class QActor(nn.Module):
     followed by the last action one-hot (if used); the trainer zeroes it at episode ends.
     """
 
-    def __init__(self, spec: EnvSpec, sharing: str, a: Any) -> None:
+    def __init__(self, spec: EnvSpec, cfg: DictConfig) -> None:
         super().__init__()
-        groups = agent_groups(sharing, spec)
-        self.add_id, self.rnn, self.last_action = sharing == "all", a.agent == "rnn", bool(a.last_action)
+        a = cfg.algo
+        groups = agent_groups(cfg.sharing.mode, spec)
+        self.rnn, self.last_action = a.agent == "rnn", bool(a.last_action)
         if a.agent not in ("mlp", "rnn"):
             raise ConfigError(f"unknown algo.agent '{a.agent}': use mlp or rnn")
         self.n_act = spec.act_dim
-        in_dim = spec.obs_dim + (spec.act_dim if self.last_action else 0) + (spec.n_agents if self.add_id else 0)
+        # the observation (+ last action) (+ id), or its entity embedding
+        self.encoder = make_encoder(spec, cfg, extra=spec.act_dim if self.last_action else 0)
+        in_dim = self.encoder.out_dim
         self.h = int(a.hidden) if self.rnn else 0
         self.net = (AgentRNN(in_dim, spec.act_dim, groups, a.hidden) if self.rnn
                     else AgentMLP(in_dim, spec.act_dim, groups, a.hidden, a.layers, a.activation))
@@ -109,8 +113,7 @@ class QActor(nn.Module):
         return torch.zeros(batch, self.n, width, device=dev) if width else None
 
     def _input(self, obs: Tensor, last: Tensor | None) -> Tensor:
-        x = torch.cat([obs, last], -1) if last is not None else obs
-        return with_agent_id(x) if self.add_id else x
+        return self.encoder(obs, last)
 
     def q(self, obs: Tensor, hidden: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """One step: ``obs [B, N, O]`` -> utilities ``[B, N, A]`` and the GRU state (or None)."""
@@ -151,7 +154,7 @@ class QActor(nn.Module):
 
 
 def make_actor(spec: EnvSpec, cfg: DictConfig) -> QActor:
-    return QActor(spec, cfg.sharing.mode, cfg.algo)
+    return QActor(spec, cfg)
 
 
 def make(spec: EnvSpec, cfg: DictConfig, device: torch.device) -> QLearner:
@@ -167,7 +170,10 @@ class QLearner:
             raise ConfigError(f"unknown algo.returns '{a.returns}': use lambda or nstep")
         self.rollout_steps, self.spec = int(a.rollout_steps), spec
         self.actor = make_actor(spec, cfg).to(device)
-        self.mixer = make_mixer(a.mixer, spec.n_agents, spec.state_dim, a.mixer_embed, a.hypernet_hidden)
+        # critic.arch=set: the mixer reads every agent's observation instead of the flat state (any N)
+        self.mix_key = "obs" if cfg.critic.get("arch", "mlp") == "set" else "state"
+        self.mixer = make_mixer(a.mixer, spec.n_agents, spec.state_dim, a.mixer_embed, a.hypernet_hidden,
+                                spec.obs_dim if self.mix_key == "obs" else None)
         self.mixer = self.mixer.to(device) if self.mixer is not None else None
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False) if self.mixer is not None else None
@@ -231,9 +237,9 @@ class QLearner:
         terminated, mask = b["terminated"][:, :-1], b["filled"][:, :-1, None]
         chosen = chosen * b["alive"][:, :-1]
         if self.mixer is not None:  # team value: mean reward, episode ends when every agent has
-            chosen = self.mixer(chosen, b["state"][:, :-1])
+            chosen = self.mixer(chosen, b[self.mix_key][:, :-1])
             with torch.no_grad():
-                q_next = self.target_mixer(q_next, b["state"][:, 1:])
+                q_next = self.target_mixer(q_next, b[self.mix_key][:, 1:])
             reward, terminated = reward.mean(-1, keepdim=True), terminated.all(-1, keepdim=True)
         else:  # independent learners: one loss term per agent, masked where it did not act
             mask = mask & b["alive"][:, :-1]

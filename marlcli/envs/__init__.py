@@ -10,6 +10,10 @@ from marlcli.envs.base import EnvSpec, TimeStep, VecEnv, role_of
 __all__ = ["EnvSpec", "TimeStep", "VecEnv", "make_env", "role_of"]
 
 
+# swarm options of the native spread (issue 17) and their mpe2-equal defaults
+NATIVE_ONLY = {"scale_arena": False, "observe_position": True, "global_reward": "sum"}
+
+
 def make_env(env_cfg: DictConfig, num_envs: int, seed: int, device: torch.device) -> VecEnv:
     """Build ``num_envs`` copies of the configured env on ``device``.
 
@@ -26,6 +30,10 @@ def make_env(env_cfg: DictConfig, num_envs: int, seed: int, device: torch.device
         return native.make(env_cfg, num_envs, seed, device)
     if backend == "pettingzoo":
         from marlcli.envs.pettingzoo import PettingZooVecEnv
+
+        for key, default in NATIVE_ONLY.items():  # options mpe2 does not have: never ignore them silently
+            if key in env_cfg and env_cfg.get(key) != default:
+                raise ConfigError(f"env.{key}={env_cfg.get(key)} exists only in the native env; use env.backend=native")
 
         return PettingZooVecEnv.from_config(env_cfg, num_envs, seed, device)
     if backend == "vmas":

@@ -31,6 +31,19 @@ def role_of(agent: str) -> str:
 
 
 @dataclass
+class EntityGroup:
+    """One group of an observation's entities, for entity-based networks (``marlcli/nets/actor.py``).
+
+    ``slots[k]`` lists the observation indices of slot k's features (every slot of a group has
+    the same number); all-zero slots are padding. ``name == "self"`` marks the agent's own
+    features (one slot). Indices need not be contiguous (mpe2 lists offsets and comm apart).
+    """
+
+    name: str
+    slots: list[list[int]]
+
+
+@dataclass
 class EnvSpec:
     """Static description of a (batched) environment."""
 
@@ -47,6 +60,8 @@ class EnvSpec:
     act_high: float | list[float] | list[list[float]] = 1.0
     # episode statistics the env reports in TimeStep.info: name -> "sum" | "last"
     stats: dict[str, str] = field(default_factory=dict)
+    # observation layout as entity groups (the same for every agent); [] = not declared
+    entities: list[EntityGroup] = field(default_factory=list)
 
     @property
     def n_agents(self) -> int:

@@ -6,16 +6,26 @@ only the nearest ``num_landmark_neighbors`` landmarks / ``num_agent_neighbors`` 
 are listed, closest first, zero-padded (``mpe2/_mpe_utils/partial_observability.py``).
 Reward: ``(1 - local_ratio) * global + local_ratio * local`` with ``global = -sum over
 landmarks of the closest agent's distance`` and ``local = -(other agents in contact)``.
+
+Swarm options (issue 17; off by default, so the default stays equal to mpe2): with
+``num_agent_neighbors`` / ``num_landmark_neighbors`` the observation size does not depend
+on N; ``scale_arena`` spreads agents and landmarks over ``sqrt(N / 3)`` times mpe2's square
+(N = 3's density at any N); ``observe_position=false`` drops the absolute position (it grows
+with the arena, so a policy trained small would see positions it never met);
+``global_reward=mean`` averages the landmark distances instead of summing them, so a
+per-agent return means the same at every N. The observation layout is declared as entity
+groups for the entity-based actors (``marlcli/nets/actor.py``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from marlcli.envs.base import EnvSpec
+from marlcli.envs.base import EntityGroup, EnvSpec
 from marlcli.envs.native.mpe import Bodies, Gather, MPEEnv, World, build_index
 from marlcli.errors import ConfigError
 
@@ -36,9 +46,16 @@ class Spread:
         for key, v in (("num_agent_neighbors", self.na), ("num_landmark_neighbors", self.nl)):
             if v is not None and int(v) <= 0:
                 raise ConfigError(f"env.{key}={v} must be a positive integer or null")
+        # swarm options (issue 17); the defaults are mpe2's task, bit for bit
+        self.see_pos = bool(env_cfg.get("observe_position", True))
+        self.reduce = str(env_cfg.get("global_reward", "sum"))
+        if self.reduce not in ("sum", "mean"):
+            raise ConfigError(f"env.global_reward={self.reduce!r}: use sum (mpe2) or mean")
+        span = math.sqrt(n / 3.0) if bool(env_cfg.get("scale_arena", False)) else 1.0  # N=3's density at any N
         n_lm = n if self.nl is None else int(self.nl)
         n_ag = n - 1 if self.na is None else int(self.na)
-        obs_dim = 4 + 2 * n_lm + 4 * n_ag
+        own = 4 if self.see_pos else 2
+        obs_dim = own + 2 * n_lm + 4 * n_ag
         self.spec = EnvSpec(
             name=str(env_cfg.get("name", "spread")),
             agents=[f"agent_{i}" for i in range(n)],
@@ -50,11 +67,18 @@ class Spread:
             act_low=0.0,
             act_high=1.0,
             stats={"collisions": "sum", "landmarks_covered": "last"},
+            entities=[  # [vel, (pos)] | landmark offsets | other agents' offsets + their (silent) comm
+                EntityGroup("self", [list(range(own))]),
+                EntityGroup("landmark", [[own + 2 * j, own + 2 * j + 1] for j in range(n_lm)]),
+                EntityGroup("agent", [[own + 2 * n_lm + 2 * j, own + 2 * n_lm + 2 * j + 1,
+                                       own + 2 * n_lm + 2 * n_ag + 2 * j, own + 2 * n_lm + 2 * n_ag + 2 * j + 1]
+                                      for j in range(n_ag)]),
+            ],
         )
         self.bodies = Bodies(n_agents=n, sizes=[AGENT_SIZE] * n + [0.05] * n,
-                             collide=[True] * n + [False] * n)
+                             collide=[True] * n + [False] * n, agent_range=span, landmark_range=span)
         g = Gather(n, 2 * n)
-        rows = [g.vel(i) + g.pos(i)
+        rows = [g.vel(i) + (g.pos(i) if self.see_pos else [])
                 + [k for j in range(n, 2 * n) for k in g.rel(i, j)]
                 + [k for j in range(n) if j != i for k in g.rel(i, j)]
                 for i in range(n)]  # comm slots fall into the zero padding
@@ -71,7 +95,8 @@ class Spread:
         if self.na is None and self.nl is None:
             obs = self.gather.source(w).index_select(1, self.index).view(b, n, -1)
             return obs, obs.view(b, -1)
-        obs = torch.cat([w.vel.transpose(1, 2), w.pos[:, :, :n].transpose(1, 2),
+        own = [w.vel.transpose(1, 2)] + ([w.pos[:, :, :n].transpose(1, 2)] if self.see_pos else [])
+        obs = torch.cat([*own,
                          self._nearest(w, n, 2 * n, self.nl, exclude_self=False),
                          self._nearest(w, 0, n, self.na, exclude_self=True)], 2)
         obs = torch.cat([obs, obs.new_zeros(b, n, self.spec.obs_dim - obs.shape[2])], 2)
@@ -100,7 +125,7 @@ class Spread:
     def reward(self, w: World) -> tuple[Tensor, dict[str, Tensor]]:
         n = self.n
         closest = w.dist[:, :, n:].amin(1)  # [B, L] closest agent per landmark
-        glob = -closest.sum(1)  # [B]
+        glob = -(closest.sum(1) if self.reduce == "sum" else closest.mean(1))  # [B]
         touching = (w.dist[:, :, :n] < 2 * AGENT_SIZE).sum(2) - 1  # [B, N] minus self
         touching = touching.to(closest.dtype)
         reward = (glob * (1.0 - self.local_ratio))[:, None] - touching * self.local_ratio

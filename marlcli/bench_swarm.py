@@ -1,0 +1,53 @@
+"""Training cost per env-step against the team size N, with neighbour-limited observations (issue 17).
+
+``swarm_scaling()`` trains MAPPO on swarm spread (3 nearest agents and landmarks seen, shared actor
+without an agent id, ``critic=set``) for a few updates at each N with the same number of env copies,
+and reports the median wall time per env-step of the whole loop (acting, env, learner) and that time
+divided by N. Linear cost means a flat per-agent column; the env's all-pairs distances are the only
+O(N^2) part, and no network input grows with N.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SWARM = ["env=spread", "env.num_agent_neighbors=3", "env.num_landmark_neighbors=3", "env.scale_arena=true",
+         "env.observe_position=false", "env.global_reward=mean", "algo=mappo", "sharing=all",
+         "sharing.agent_id=false", "critic=set"]
+
+
+def swarm_scaling(n_values: tuple[int, ...] = (3, 10, 30, 100), num_envs: int = 64, updates: int = 6,
+                  actors: tuple[str, ...] = ("mlp", "deepsets")) -> dict[str, Any]:
+    """``{"us_per_env_step": {actor: {N: µs}}, "us_per_agent_step": {actor: {N: µs}}, ...}``."""
+    from marlcli.config import compose
+    from marlcli.results import read_metrics
+    from marlcli.trainer import train
+
+    per_step: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for actor in actors:
+            per_step[actor] = {}
+            for n in n_values:
+                chunk = 25 * num_envs
+                cfg = compose([*SWARM, f"actor={actor}", f"env.N={n}", f"env.num_envs={num_envs}",
+                               f"results_dir={tmp}", f"run={actor}_{n}", "device=cpu", "logger.progress=false",
+                               f"train.total_steps={chunk * updates}", f"train.log_interval={chunk}",
+                               "train.eval_interval=0", "train.eval_episodes=1", "train.eval_envs=1",
+                               f"train.checkpoint_interval={10 * chunk * updates}"])
+                out = train(cfg)
+                sps = [r["time/sps"] for r in read_metrics(Path(out) / "metrics.jsonl") if "time/sps" in r][1:]
+                per_step[actor][str(n)] = 1e6 / statistics.median(sps)
+    return {"us_per_env_step": per_step,
+            "us_per_agent_step": {a: {n: v / int(n) for n, v in d.items()} for a, d in per_step.items()},
+            "num_envs": num_envs, "updates": updates, "torch_threads": torch.get_num_threads()}
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(swarm_scaling(), indent=2))

@@ -276,8 +276,9 @@ def markdown(bench: dict[str, Any], title: bool = True) -> str:
     vm = bench.get("vmas_throughput")
     if vm:
         load = vm.get("load_avg_1min")
-        lines += ["## VMAS vs native spread: env-steps/s, random actions (N=3, CPU)", "",
-                  f"Through marlcli's adapter; at each B the three are timed in turn, best of {vm['repeats']}"
+        lines += [f"## VMAS vs native spread: env-steps/s, random actions (N=3, {vm.get('device', 'cpu')})", "",
+                  f"Through marlcli's adapter; at each B the three are timed in turn, best of {vm['repeats']}; "
+                  f"clock: {vm.get('clock', 'wall')}"
                   + (f" (load average {load} when measured)" if load is not None else "") + ".", "",
                   "| B | native spread | VMAS simple_spread | VMAS navigation (continuous, lidar) | native / VMAS spread |",
                   "|---|---|---|---|---|"]

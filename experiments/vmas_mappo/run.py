@@ -100,10 +100,12 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     name = f"{'results' if seeds == [100, 101, 102] else 'tuning'}_{'_'.join(scenarios)}"
+    done = {(r["scenario"], r["seed"]): r for r in (json.loads((out / f"{name}.json").read_text())["runs"]
+                                                     if (out / f"{name}.json").exists() else [])}
     with tempfile.TemporaryDirectory() as tmp:
         for sc in scenarios:
-            for s in seeds:
-                rows.append(run(sc, s, Path(tmp)))
+            for s in seeds:  # runs already in the file are kept (delete it to start over)
+                rows.append(done.get((sc, s)) or run(sc, s, Path(tmp)))
                 mean = {c: {k: sum(r[k] for r in rows if r["scenario"] == c) / sum(r["scenario"] == c for r in rows)
                             for k in ("mappo", "random", "still")} for c in dict.fromkeys(r["scenario"] for r in rows)}
                 result = {"seeds": seeds, "settings": {c: SETTINGS[c] + EVAL for c in scenarios}, "runs": rows,

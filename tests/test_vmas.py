@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["env.scenario=no_such_scenario"], "no VMAS scenario named 'no_such_scenario'"),
-    (["+env.kwargs.not_a_key=1"], "not used by the scenario"),
+    (["env.kwargs={not_a_key: 1}"], "not used by the scenario"),
     (["env.max_steps=0"], "env.max_steps=0 must be a positive integer"),
 ])
 def test_bad_config_is_one_line(overrides: list[str], message: str) -> None:
@@ -32,7 +32,7 @@ def test_bad_config_is_one_line(overrides: list[str], message: str) -> None:
 
 
 def test_config_composes_and_passes_kwargs() -> None:
-    cfg = make_cfg("env=vmas", "env.scenario=navigation", "env.n_agents=5", "+env.kwargs.collisions=false")
+    cfg = make_cfg("env=vmas", "env.scenario=navigation", "env.n_agents=5", "env.kwargs={collisions: false}")
     env = make_env(cfg.env, 2, 0, CPU)
     assert env.spec.name == "vmas_navigation" and env.spec.n_agents == 5
     assert env.spec.obs_dims == [6] * 5  # no lidar without collisions: pos, vel, goal offset
@@ -71,7 +71,7 @@ def test_bench_table_row() -> None:
 def test_resume_is_exact_mid_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run killed after a mid-episode checkpoint (t=10 of 25) resumes to the uninterrupted run's metrics."""
     base = ["algo=mappo", "env=vmas", "env.scenario=navigation", "env.n_agents=2", "env.max_steps=25",
-            "env.num_envs=4", "+env.kwargs.collisions=false", "algo.rollout_steps=10", "algo.epochs=1",
+            "env.num_envs=4", "env.kwargs={collisions: false}", "algo.rollout_steps=10", "algo.epochs=1",
             "train.total_steps=80", "train.eval_interval=80", "train.checkpoint_interval=40", "train.log_interval=40",
             "train.eval_episodes=4", "train.eval_envs=4", "logger.progress=false", "device=cpu"]
     full = train(make_cfg(*base, f"results_dir={tmp_path / 'a'}", "run=r"))

@@ -38,7 +38,7 @@ EVAL_SEED = 9000
 
 def base(n: int) -> list[str]:
     return ["algo=mappo", "env=vmas", "env.scenario=navigation", f"env.n_agents={n}", "env.max_steps=100",
-            "+env.kwargs.shared_rew=false", "env.continuous_actions=true", "env.num_envs=64", "algo.rollout_steps=100",
+            "env.kwargs={shared_rew: false}", "env.continuous_actions=true", "env.num_envs=64", "algo.rollout_steps=100",
             "sharing=all", "sharing.agent_id=false", "device=cpu", "logger.progress=false",
             "train.eval_episodes=100", "train.eval_envs=100", "train.eval_interval=1000000000",
             "train.log_interval=1000000000", "train.checkpoint_interval=1000000000"]

@@ -275,6 +275,19 @@ def markdown(bench: dict[str, Any], title: bool = True) -> str:
         if "mpe2" in env:
             lines.append(f"| mpe2 parallel_env | 1 | {env['mpe2']:,.0f} |")
         lines.append("")
+    vm = bench.get("vmas_throughput")
+    if vm:
+        load = vm.get("load_avg_1min")
+        lines += [f"## VMAS vs native spread: env-steps/s, random actions (N=3, {vm.get('device', 'cpu')})", "",
+                  f"Through marlcli's adapter; at each B the three are timed in turn, best of {vm['repeats']}; "
+                  f"clock: {vm.get('clock', 'wall')}"
+                  + (f" (load average {load} when measured)" if load is not None else "") + ".", "",
+                  "| B | native spread | VMAS simple_spread | VMAS navigation (continuous, lidar) | native / VMAS spread |",
+                  "|---|---|---|---|---|"]
+        for b, v in vm["env_steps_per_s"].items():
+            lines.append(f"| {b} | {v['native_spread']:,.0f} | {v['vmas_simple_spread']:,.0f} | "
+                         f"{v['vmas_navigation']:,.0f} | {v['native_spread'] / v['vmas_simple_spread']:.0f}x |")
+        lines.append("")
     per_n = bench.get("per_agent_count")
     if per_n:
         lines += ["## Cost per env-step as N grows (µs)", "", "| N | native | mpe2 |", "|---|---|---|"]
@@ -375,8 +388,8 @@ def publish(out: Path, bench: dict[str, Any], dest: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m marlcli.bench", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/bench", help="output folder (runs/, logs/, bench.json, bench.md)")
-    p.add_argument("--sections", default="env,backends,oracle,ttr",
-                   help="env, swarm, backends, oracle, ttr, common (comma separated)")
+    p.add_argument("--sections", default="env,vmas,backends,oracle,ttr",
+                   help="env, vmas, swarm, backends, oracle, ttr, common (comma separated)")
     p.add_argument("--algos", default="vdn,qmix,iql,mappo", help="algorithms of the ttr section")
     p.add_argument("--seeds", default=SEEDS, help="training seeds, e.g. 100-104 or 100,101 (tuning used 0-4)")
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED,
@@ -404,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print("swarm spread: training cost per env-step vs N ...")
             bench["swarm_scaling"] = swarm_scaling()
+        if "vmas" in sections:
+            from marlcli.bench_envs import vmas_throughput
+
+            print("VMAS vs native spread throughput ...")
+            bench["vmas_throughput"] = vmas_throughput()
         if "backends" in sections:
             print("native vs mpe2 backend, time to -16 ...")
             bench["backends"] = section_backends(out, a.time_limit, seeds[0], a.jobs)

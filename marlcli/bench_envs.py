@@ -1,15 +1,23 @@
-"""Env throughput: native batched spread vs mpe2's ParallelEnv, with random actions.
+"""Env throughput: native batched spread vs mpe2's ParallelEnv (and vs VMAS), with random actions.
 
 An env-step is one step of one env copy (all agents). ``env_throughput()`` returns
 ``{"env_steps_per_s": {"spread": {"native": {B: ...}, "mpe2": ...}},
 "per_agent_count": {"native_us_per_env_step": {N: ...}, "mpe2_us_per_env_step": {N: ...}}}``.
-Action sampling is outside the timed loop for native (pre-drawn) but inside for mpe2,
-as a Python user of mpe2 would pay it.
+Action sampling is outside the timed loop for native and VMAS (pre-drawn) but inside for
+mpe2, as a Python user of mpe2 would pay it.
+
+``vmas_throughput()`` measures VMAS through marlcli's adapter (``marlcli.envs.vmas``, what
+training sees) side by side with native spread: at each B, VMAS's ``simple_spread`` (its port
+of the same task, N=3, discrete), VMAS ``navigation`` (N=3, continuous, 12-ray lidar) and
+native spread (N=3) are timed in turn, ``repeats`` times, and the best of each is kept. On the
+CPU the clock is this process's CPU time with one torch thread, so other jobs on a shared
+machine do not count against either side (on an idle core it equals wall time).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,17 +26,42 @@ from omegaconf import OmegaConf
 from marlcli.envs import native
 
 
-def _native_steps_per_s(n: int, b: int, seconds: float, device: torch.device) -> float:
+def _native_steps_per_s(n: int, b: int, seconds: float, device: torch.device,
+                        clock: Callable[[], float] = time.perf_counter) -> float:
     env = native.make(OmegaConf.create({"name": "spread", "N": n, "max_cycles": 25}), b, 0, device)
     env.reset()
     acts = torch.randint(0, 5, (8, b, n), device=device)
     env.step(acts[0])  # warm-up
-    steps, start = 0, time.perf_counter()
+    steps, start = 0, clock()
     while True:
         for k in range(8):
             env.step(acts[k])
         steps += 8
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
+        if elapsed >= seconds:
+            return steps * b / elapsed
+
+
+def _vmas_steps_per_s(scenario: str, b: int, seconds: float, device: torch.device, continuous: bool,
+                      clock: Callable[[], float] = time.perf_counter) -> float:
+    from marlcli.envs.vmas import VMASEnv
+
+    cfg = {"scenario": scenario, "max_steps": 25, "continuous_actions": continuous,
+           "n_agents": 3}
+    env = VMASEnv(OmegaConf.create(cfg), b, 0, device)
+    env.reset()
+    spec = env.spec
+    if continuous:
+        acts = torch.rand(8, b, spec.n_agents, spec.act_dim, device=device) * 2 - 1
+    else:
+        acts = torch.randint(0, spec.act_dim, (8, b, spec.n_agents), device=device)
+    env.step(acts[0])  # warm-up
+    steps, start = 0, clock()
+    while True:
+        for k in range(8):
+            env.step(acts[k])
+        steps += 8
+        elapsed = clock() - start
         if elapsed >= seconds:
             return steps * b / elapsed
 
@@ -69,6 +102,41 @@ def env_throughput(
         "torch_threads": torch.get_num_threads(),
         "device": str(dev),
     }
+
+
+def vmas_throughput(b_values: tuple[int, ...] = (1, 64, 1024, 4096, 16384), seconds: float = 0.5,
+                    repeats: int = 3, device: str = "cpu") -> dict[str, Any]:
+    """``{"env_steps_per_s": {B: {"native_spread": .., "vmas_simple_spread": .., "vmas_navigation": ..}}, ...}``."""
+    dev = torch.device(device)
+    clock = time.process_time if dev.type == "cpu" else time.perf_counter
+    runs = {"native_spread": lambda b: _native_steps_per_s(3, b, seconds, dev, clock),
+            "vmas_simple_spread": lambda b: _vmas_steps_per_s("simple_spread", b, seconds, dev, False, clock),
+            "vmas_navigation": lambda b: _vmas_steps_per_s("navigation", b, seconds, dev, True, clock)}
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)  # one thread: CPU time = wall time on an idle core
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for b in b_values:
+            best = dict.fromkeys(runs, 0.0)
+            for _ in range(repeats):  # interleaved: each repeat times all three back to back
+                for name, fn in runs.items():
+                    best[name] = max(best[name], fn(b))
+            out[str(b)] = best
+    finally:
+        torch.set_num_threads(threads)
+    return {"env_steps_per_s": out, "repeats": repeats, "seconds": seconds, "device": str(dev),
+            "clock": "process CPU time, 1 torch thread" if dev.type == "cpu" else "wall",
+            "load_avg_1min": _load()}
+
+
+def _load() -> float | None:
+    try:
+        import os
+
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 if __name__ == "__main__":

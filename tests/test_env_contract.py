@@ -12,6 +12,9 @@ the ``Rollout`` is built with ``Rollout.from_steps`` as the trainer does. Then:
   against its analytic encoding (step index, episode code, masks, rewards); native MPE
   physically (``pos' = pos + vel * dt``, static landmarks, fresh episodes at rest); the
   matrix games and rendezvous against their payoffs;
+* VMAS: the adapter's stream equals a lone raw VMAS env replayed with the same RNG states
+  and actions (padding, per-agent rewards, final observations, truncation at
+  ``max_steps``, termination from the scenario's ``done()``, auto-reset of those copies);
 * ``state_dict`` / ``load_state_dict`` mid-episode continues the same stream exactly, and
   the same seed gives the same stream, a different seed a different one.
 
@@ -43,6 +46,7 @@ from marlcli.envs.matrix import GAMES
 from marlcli.envs.pettingzoo import PettingZooVecEnv, load_factory
 from marlcli.envs.rendezvous import rendezvous_reward
 from marlcli.envs.testbed import ID_SCALE
+from marlcli.envs.vmas import VMASEnv
 
 with warnings.catch_warnings():  # pettingzoo.test imports its deprecated classic envs
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -60,7 +64,7 @@ LIMIT = 6  # max_cycles of the multi-step cases
 class Case:
     make: Callable[[int], VecEnv]  # seed -> B copies
     steps: int  # steps per copy collected (a few episodes)
-    kind: str  # native_mpe | matrix | rendezvous | pettingzoo
+    kind: str  # native_mpe | matrix | rendezvous | pettingzoo | vmas
     factory: str = ""  # pettingzoo: the ParallelEnv factory
     kwargs: dict[str, Any] | None = None  # pettingzoo: its kwargs
     random: bool = True  # the seed changes the stream (matrix games and rendezvous are deterministic)
@@ -102,6 +106,23 @@ for _name, _cycles in (("coordination", 1), ("prisoners", 3), ("rps", 1)):
     CASES[f"pz_{_name}"] = _pz_case(f"marlcli.envs.matrix:{_name}", _name, 7, False, _cycles, max_cycles=_cycles)
 CASES["native_rendezvous"] = Case(_native("rendezvous", n=3), 4, "rendezvous", random=False, limit=1)
 CASES["pz_rendezvous"] = _pz_case("marlcli.envs.rendezvous:parallel_env", "rendezvous", 4, False, 1, n=3)
+# VMAS: homogeneous (navigation with its lidar, balance) and heterogeneous (speaker_listener: obs 3 vs 11,
+# actions 27 vs 9 / box 5 vs 2); the navigation agents steer to their goals 90% of the time
+# (``random_actions``) in a small arena, so whole episodes also end by the scenario's done().
+VMAS_CASES = {"navigation": dict(n_agents=2, max_steps=12, kwargs={"world_spawning_x": 0.4, "world_spawning_y": 0.4}),
+              "balance": dict(n_agents=3, max_steps=LIMIT), "simple_speaker_listener": dict(max_steps=LIMIT)}
+
+
+def _vmas(scenario: str, continuous: bool, **kw: Any) -> Callable[[int], VecEnv]:
+    c = OmegaConf.create({"name": f"vmas_{scenario}", "backend": "vmas", "scenario": scenario,
+                          "continuous_actions": continuous, **kw})
+    return lambda seed: VMASEnv(c, B, seed, CPU)
+
+
+for _cont in (False, True):
+    for _name, _kw in VMAS_CASES.items():
+        CASES[f"vmas_{_name}{'_cont' if _cont else ''}"] = Case(
+            _vmas(_name, _cont, **_kw), 3 * int(_kw["max_steps"]), "vmas", _name, _kw, limit=int(_kw["max_steps"]))
 CASES["testbed"] = _pz_case(TESTBED, "testbed", 30, limit=8, strict=True)
 CASES["testbed_info_mask"] = _pz_case(TESTBED, "testbed", 30, limit=8, strict=True, mask_in="info")
 CASES["testbed_cont"] = _pz_case(TESTBED, "testbed", 30, limit=8, strict=True, continuous_actions=True)
@@ -123,6 +144,13 @@ def random_actions(spec: EnvSpec, ts: TimeStep, gen: torch.Generator) -> Tensor:
     else:
         low, high = spec.bounds()
         act = low + (high - low) * torch.rand(b, n, spec.act_dim, generator=gen)
+    if spec.name == "vmas_navigation":  # obs = [pos, vel, pos - goal, lidar]: full thrust to the goal
+        oracle = torch.rand(b, n, generator=gen) < 0.9
+        to_goal = -ts.obs[..., 4:6]
+        sign = torch.where(to_goal > 0.05, 1, torch.where(to_goal < -0.05, -1, 0))
+        # discrete: flat index 3 * x + y, per axis 0 = stay, 1 = -u, 2 = +u (VMAS's odd-n mapping)
+        goal = (-sign % 3)[..., 0] * 3 + (-sign % 3)[..., 1] if spec.discrete else sign.float()
+        act = torch.where(oracle if spec.discrete else oracle[..., None], goal, act)
     if spec.name == "testbed":
         oracle = torch.rand(b, n, generator=gen) < 0.5
         for i, k in enumerate(spec.act_dims):
@@ -377,6 +405,67 @@ def check_rendezvous(r: Rollout) -> None:
     assert r.done.all() and r.terminated.all() and not r.truncated.any() and not r.next_alive.any()
 
 
+def vmas_reference(case: Case, seed: int, actions: Tensor) -> dict[str, list[Tensor]]:
+    """A lone raw VMAS env, seeded as ``VMASEnv`` seeds its own RNG states, replayed with ``actions``.
+
+    Returns per step the padded observations acted on, rewards, the scenario's done flags
+    and the observations right after the step (before any reset)."""
+    import random
+
+    import vmas
+    from vmas.simulator.environment import Environment
+
+    kw = dict(case.kwargs or {})
+    limit, extra = int(kw.pop("max_steps")), dict(kw.pop("kwargs", {}))
+    Environment.vmas_random_state[:] = [torch.Generator().manual_seed(seed).get_state(),
+                                        np.random.RandomState(seed).get_state(), random.Random(seed).getstate()]
+    env = vmas.make_env(case.factory, num_envs=B, device="cpu", continuous_actions=actions.dtype.is_floating_point,
+                        max_steps=None, seed=None, **kw, **extra)
+    o = max(int(x.shape[1]) for x in env.reset())
+    pad = lambda obs: torch.stack([torch.nn.functional.pad(x, (0, o - x.shape[1])) for x in obs], 1)  # noqa: E731
+    out: dict[str, list[Tensor]] = {"obs": [], "reward": [], "term": [], "next_obs": []}
+    cur, t = pad(env.reset()), torch.zeros(B, dtype=torch.long)
+    for a in actions:
+        dims = [env.get_agent_action_size(ag) for ag in env.agents]
+        acts = [a[:, i, None] if not a.dtype.is_floating_point else a[:, i, :d] for i, d in enumerate(dims)]
+        obs, rew, term, _ = env.step(acts)
+        t += 1
+        out["obs"].append(cur)
+        out["reward"].append(torch.stack(rew, 1))
+        out["term"].append(term.clone())
+        out["next_obs"].append(pad(obs))
+        done = term | (t >= limit)
+        if done.all():
+            env.reset()
+        for i in done.nonzero().flatten().tolist() if not done.all() else []:
+            env.reset_at(i)
+        t[done] = 0
+        cur = pad(env.get_from_scenario(get_observations=True, get_rewards=False, get_infos=False,
+                                        get_dones=False)[0])
+    return out
+
+
+def check_vmas(case: Case, spec: EnvSpec, r: Rollout, env: VecEnv) -> None:
+    ref = vmas_reference(case, 0, r.actions)
+    for k, mine in (("obs", r.obs), ("reward", r.reward), ("next_obs", r.next_obs)):
+        torch.testing.assert_close(mine, torch.stack(ref[k]), rtol=0, atol=0, msg=f"VMAS {k} differs from raw VMAS")
+    term = torch.stack(ref["term"])
+    assert torch.equal(r.terminated, term[..., None].expand_as(r.terminated)), "terminated = the scenario's done()"
+    t = torch.zeros(B, dtype=torch.long)
+    for step in range(r.done.shape[0]):  # truncation exactly at max_steps, unless the scenario ended it
+        t += 1
+        assert torch.equal(r.truncated[step], (t >= case.limit) & ~term[step])
+        t[r.done[step]] = 0
+    assert torch.equal(r.done, r.truncated | term)
+    if case.factory in ("navigation", "balance"):  # obs start with the agent's position
+        keep = ~r.done[-1]
+        assert torch.equal(env.positions()[keep], r.next_obs[-1][keep][..., :2])
+    if case.factory == "navigation":
+        assert term.any() and r.truncated.any(), "both endings occur"
+        dist = r.next_obs[..., 4:6].norm(dim=-1)  # at termination every agent is on its goal
+        assert (dist[term] < 0.1).all()
+
+
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_contract(case_id: str) -> None:
     case = CASES[case_id]
@@ -396,6 +485,8 @@ def test_contract(case_id: str) -> None:
         check_matrix(name, spec, r, case.limit)
     elif name == "rendezvous":
         check_rendezvous(r)
+    elif case.kind == "vmas":
+        check_vmas(case, spec, r, env)
     env.close()
 
 

@@ -19,7 +19,7 @@ def make_env(env_cfg: DictConfig, num_envs: int, seed: int, device: torch.device
 
     ``env.backend`` picks the implementation: ``native`` (batched torch tensors, see
     ``marlcli.envs.native``) or ``pettingzoo`` (any ParallelEnv factory, stepped one
-    copy at a time on the CPU).
+    copy at a time on the CPU) or ``vmas`` (VMAS scenarios, batched on any device).
     """
     from marlcli.errors import ConfigError
 
@@ -36,4 +36,8 @@ def make_env(env_cfg: DictConfig, num_envs: int, seed: int, device: torch.device
                 raise ConfigError(f"env.{key}={env_cfg.get(key)} exists only in the native env; use env.backend=native")
 
         return PettingZooVecEnv.from_config(env_cfg, num_envs, seed, device)
-    raise ConfigError(f"unknown env.backend '{backend}': use native or pettingzoo")
+    if backend == "vmas":
+        from marlcli.envs import vmas
+
+        return vmas.make(env_cfg, num_envs, seed, device)
+    raise ConfigError(f"unknown env.backend '{backend}': use native, pettingzoo or vmas")

@@ -23,7 +23,8 @@ commands:
   eval PATH [episodes=1000] [seed=0] [deterministic=true] [device=cpu] [envs=1000] [env.KEY=VALUE ...]
                                evaluate checkpoints decentralized; PATH = seed dir, run dir or .pt
                                (env.N=32 ...: in another env configuration; env.factory=: trust a
-                               factory the checkpoint names that is not marlcli's)
+                               factory the checkpoint names that is not marlcli's; comm=off or
+                               comm.dropout=0.2: with the message channel cut or degraded)
   report PATH... [out=DIR] [--format marl-eval]
                                tables and learning curves over seeds
   export PATH [format=onnx,torchscript] [out=DIR]
@@ -36,7 +37,8 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-c
 
 # `marl eval` options that are config keys, applied to the checkpoint's config: any env.<key>
 # (`env.N=32 env.num_agent_neighbors=3`: evaluate where the actor was not trained; issue 17)
-EVAL_CONFIG_KEYS = ("env.",)
+# and any comm.<key> (`comm.dropout=0.2`: degrade the message channel; `comm=off` = comm.cut=true; issue 19)
+EVAL_CONFIG_KEYS = ("env.", "comm.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +251,7 @@ def hydra_task(cfg: DictConfig) -> Any:
 def eval_main(args: list[str]) -> int:
     from marlcli.errors import MarlError
 
+    args = ["comm.cut=true" if a == "comm=off" else a for a in args]  # the channel-cut ablation
     try:
         parsed = parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu", "envs": 1000},
                           passthrough=EVAL_CONFIG_KEYS)
@@ -292,7 +295,8 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     given = dict(o.split("=", 1) for o in overrides or [])
     dev = resolve_device(device)
     rows = []
-    moved = {k: v for k, v in given.items() if k != "env.factory"}  # env keys changed from the training run's
+    moved = {k: v for k, v in given.items() if k.startswith("env.") and k != "env.factory"}  # env keys changed
+    channel = {k: v for k, v in given.items() if k.startswith("comm.")}  # message-channel ablation (issue 19)
     for target in targets:
         payload = results.load_checkpoint(target)
         cfg = results.checkpoint_config(payload, overrides=given)
@@ -315,6 +319,8 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
         if moved:  # evaluated somewhere else than trained: say where
             row["env_overrides"] = moved
             row["n_agents"] = env.spec.n_agents
+        if channel:
+            row["comm_overrides"] = channel
         row["env_config"] = {k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "kwargs"}
         sdir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
                                                 else target.parent)

@@ -287,6 +287,8 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     from marlcli.evaluate import run_episodes
     from marlcli.trainer import env_for_eval, resolve_device
 
+    import torch
+
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; give a seed dir, a run dir or a .pt file")
     targets = [path] if path.is_file() else results.find_seed_dirs(path)
@@ -300,16 +302,21 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     for target in targets:
         payload = results.load_checkpoint(target)
         cfg = results.checkpoint_config(payload, overrides=given)
-        env = env_for_eval(cfg, min(episodes, envs), seed, dev)
-        try:
-            actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
-            if moved:
-                check_actor_fits(actor, payload, cfg, env.spec, moved)
-            results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded
-            actor.eval()
-            res = run_episodes(actor, env, episodes, deterministic)
-        finally:
-            env.close()
+
+        def episodes_of(cfg: Any) -> tuple[Any, Any]:
+            torch.manual_seed(seed)  # message dropout draws from torch's RNG: the same losses each time
+            env = env_for_eval(cfg, min(episodes, envs), seed, dev)
+            try:
+                actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
+                if moved:
+                    check_actor_fits(actor, payload, cfg, env.spec, moved)
+                results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded
+                actor.eval()
+                return run_episodes(actor, env, episodes, deterministic), env.spec
+            finally:
+                env.close()
+
+        res, spec = episodes_of(cfg)
         summary = {k.removeprefix("eval/"): v for k, v in res.summary().items()}
         row = {"env": str(cfg.env.name), "algo": str(cfg.algo.name), "run": str(cfg.run), "seed": int(cfg.seed),
                "step": int(payload["step"]), "checkpoint": str(target), "deterministic": deterministic,
@@ -318,14 +325,19 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
             row["variant"] = str(cfg.variant)
         if moved:  # evaluated somewhere else than trained: say where
             row["env_overrides"] = moved
-            row["n_agents"] = env.spec.n_agents
-        if channel:
+            row["n_agents"] = spec.n_agents
+        if channel:  # the ablation beside the intact channel, on the same episodes
             row["comm_overrides"] = channel
+            intact, _ = episodes_of(results.checkpoint_config(
+                payload, overrides={k: v for k, v in given.items() if not k.startswith("comm.")}))
+            whole = intact.summary()
+            row["return_mean_intact"], row["return_ci95_intact"] = whole["eval/return_mean"], whole["eval/return_ci95"]
         row["env_config"] = {k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "kwargs"}
         sdir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
                                                 else target.parent)
         if write and (sdir / "config.yaml").exists():
-            results.atomic_write_text(sdir / "eval.json", json.dumps(row, indent=2) + "\n")
+            name = "eval_comm.json" if channel else "eval.json"  # an ablation never replaces the plain evaluation
+            results.atomic_write_text(sdir / name, json.dumps(row, indent=2) + "\n")
         rows.append(row)
     return rows
 
@@ -366,7 +378,10 @@ def print_eval_table(rows: list[dict[str, Any]]) -> None:
         agents = []
     roles = [k for k in rows[0] if k.startswith("return_role/")]
     extra = [k for k in rows[0] if k in ("landmarks_covered", "collisions", "catches")]
-    where = " ".join(f"{k}={v}" for k, v in rows[0].get("env_overrides", {}).items())
+    where = " ".join(f"{k}={v}" for k, v in {**rows[0].get("env_overrides", {}),
+                                              **rows[0].get("comm_overrides", {})}.items())
+    if "return_mean_intact" in rows[0]:  # a channel ablation: the intact channel's return beside it
+        extra = ["return_mean_intact", *extra]
     table = Table(title=f"marl eval: {rows[0]['algo']} on {rows[0]['env']}{' ' + where if where else ''} "
                         "(decentralized actors)")
     for col in ["seed", "step", "episodes", "return mean ± 95% CI", *[a.split("/", 1)[1] for a in agents + roles],

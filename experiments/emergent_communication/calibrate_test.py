@@ -1,0 +1,20 @@
+import json, sys, torch
+torch.set_num_threads(1)
+from marlcli.config import compose
+from marlcli.trainer import train
+from marlcli.cli import evaluate_path
+out = {}
+for seed in (0, 1, 2):
+    for comm in ("commnet", "none"):
+        cfg = compose(["env=reference", f"comm={comm}", f"seed={seed}", f"run={comm}", "env.num_envs=64",
+                       "results_dir=/tmp/calib/res", "device=cpu", "logger.progress=false", "train.total_steps=6400",
+                       "train.eval_interval=6400", "train.eval_episodes=200", "train.eval_envs=200",
+                       "train.checkpoint_interval=1000000000", "train.log_interval=1000000000"])
+        d = train(cfg)
+        rec = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if "eval/return_mean" in x]
+        row = {"final": rec[-1]["eval/return_mean"]}
+        if comm != "none":
+            row["cut"] = evaluate_path(d, episodes=200, overrides=["comm.cut=true"], write=False)[0]["return_mean"]
+        out[f"{comm}_{seed}"] = row
+        print(comm, seed, row, flush=True)
+json.dump(out, open("/tmp/calib/calib.json", "w"), indent=1)

@@ -1,3 +1,4 @@
+"""Calibration of tests/test_comm.py::test_messages_carry_what_only_the_speaker_sees on seeds 0-2 (run from the repo root)."""
 import json, sys, torch
 torch.set_num_threads(1)
 from marlcli.config import compose
@@ -7,7 +8,7 @@ out = {}
 for seed in (0, 1, 2):
     for comm in ("commnet", "none"):
         cfg = compose(["env=reference", f"comm={comm}", f"seed={seed}", f"run={comm}", "env.num_envs=64",
-                       "results_dir=/tmp/calib/res", "device=cpu", "logger.progress=false", "train.total_steps=6400",
+                       "results_dir=results/experiments/comm_test_calibration", "device=cpu", "logger.progress=false", "train.total_steps=6400",
                        "train.eval_interval=6400", "train.eval_episodes=200", "train.eval_envs=200",
                        "train.checkpoint_interval=1000000000", "train.log_interval=1000000000"])
         d = train(cfg)
@@ -17,4 +18,4 @@ for seed in (0, 1, 2):
             row["cut"] = evaluate_path(d, episodes=200, overrides=["comm.cut=true"], write=False)[0]["return_mean"]
         out[f"{comm}_{seed}"] = row
         print(comm, seed, row, flush=True)
-json.dump(out, open("/tmp/calib/calib.json", "w"), indent=1)
+json.dump(out, open("experiments/emergent_communication/test_calibration.json", "w"), indent=1)

@@ -20,6 +20,15 @@ from tests.conftest import eval_records, quiet
 FAMILIES = ["mappo", "ippo", "coma", "iql", "vdn", "qmix", "maddpg"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These nets are tiny: one thread is faster than two on a loaded machine (and the same numbers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def outputs(actor: torch.nn.Module, obs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
     """Each agent's differentiable decision ``[B, N, A]``: logits, utilities or pre-activations."""
     if hasattr(actor, "dist"):

@@ -18,7 +18,9 @@ listener, ``reference3`` three (N = 4). MAPPO (64 env copies), seeds 100.., per 
 
 Also the cost of a channel: actor forward time per env-step at N = 10 (spread, 512 copies), tarmac and
 commnet against no channel. Evaluation seed 9000, ``episodes`` episodes. Writes results.json (per seed),
-summary.json (per task: comm_on, comm_off, comm_cut, optimum, chance) and results.md into results_dir.
+summary.json (per task: comm_on, comm_off, comm_cut, optimum, chance), results.md, progress.json and
+channel_progress.png (I(message; goal) at every checkpoint and the bits' entropy logged in training, against
+env steps, per seed) into results_dir.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def run(out: Path, task: str, variant: str, seed: int, steps: int) -> Path:
     cfg = compose([*TASKS[task], *VARIANTS[variant], f"seed={seed}", f"run={task}-{variant}", f"results_dir={out}",
                    "env.num_envs=64", "device=cpu", "logger.progress=false", f"train.total_steps={steps}",
                    f"train.eval_interval={steps}", "train.eval_episodes=200", "train.eval_envs=200",
-                   "train.checkpoint_interval=1000000000", "train.log_interval=1600"])
+                   "train.checkpoint_interval=1600", "train.log_interval=1600"])
     seed_dir = out / "reference" / "mappo" / f"{task}-{variant}" / f"seed_{seed}"
     if (seed_dir / results.DONE_FILE).exists():
         return seed_dir
@@ -67,7 +69,9 @@ def evaluate(seed_dir: Path, episodes: int, overrides: list[str] | None = None) 
 
 
 def mutual_information(seed_dir: Path, episodes: int) -> list[float]:
-    """I(bit_b ; goal) per bit and I(message ; goal) jointly, from the speaker's messages at evaluation."""
+    """I(bit_b ; goal) per bit and I(message ; goal) jointly, from the speaker's messages at evaluation.
+
+    ``seed_dir`` may also be one ``step_<n>.pt`` (the channel at that point of training)."""
     from marlcli.algos import load_family
 
     payload = results.load_checkpoint(seed_dir)
@@ -89,6 +93,41 @@ def mutual_information(seed_dir: Path, episodes: int) -> list[float]:
     return [mi(c, g) for c in codes]
 
 
+def channel_progress(seed_dir: Path, episodes: int) -> dict[str, list[float]]:
+    """Along training: I(message; goal) from each step checkpoint, bit entropy and return from the training log."""
+    steps, mi_joint = [], []
+    for pt in sorted((seed_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])):
+        steps.append(int(pt.stem.split("_")[1]))
+        mi_joint.append(mutual_information(pt, episodes)[-1])
+    logs = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in logs if "comm/bit_entropy" in r]
+    return {"steps": steps, "mi": mi_joint, "log_steps": [r["step"] for r in logs],
+            "bit_entropy": [r["comm/bit_entropy"] for r in logs],
+            "train_return": [r.get("train/return_mean", float("nan")) for r in logs]}
+
+
+def plot_progress(progress: dict[str, list[dict[str, list[float]]]], path: Path) -> None:
+    """One panel per task: I(message; goal) and the bits' entropy against env steps, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(progress), figsize=(5 * len(progress), 3.5), squeeze=False)
+    for ax, (task, runs) in zip(axes[0], progress.items()):
+        for i, r in enumerate(runs):
+            ax.plot(r["steps"], r["mi"], "o-", color="C0", alpha=0.6, label="I(message; goal)" if i == 0 else None)
+            ax.plot(r["log_steps"], r["bit_entropy"], "s--", color="C1", alpha=0.6,
+                    label="bit entropy (training)" if i == 0 else None)
+        ax.set_title(f"{task}: 2-bit channel, 20% dropout")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("bits")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def mi(x: np.ndarray, y: np.ndarray) -> float:
     joint = np.zeros((x.max() + 1, y.max() + 1))
     np.add.at(joint, (x, y), 1.0)
@@ -98,25 +137,28 @@ def mi(x: np.ndarray, y: np.ndarray) -> float:
     return float((joint[nz] * np.log2(joint[nz] / (px @ py)[nz])).sum())
 
 
-def channel_cost(reps: int = 20) -> dict[str, float]:
-    """Actor forward time per env-step (ms for 512 copies) at N = 10 on spread: the price of a channel."""
-    out = {}
+def channel_cost(reps: int = 10, rounds: int = 9) -> dict[str, float]:
+    """Actor forward time per env-step (ms for 512 copies) at N = 10 on spread: the price of a channel.
+
+    The three actors are timed in turn, ``rounds`` times, and each keeps its fastest round, so a
+    busy machine slows them alike instead of whichever ran during the busy spell."""
+    from marlcli.algos import load_family
+
+    actors, best = {}, {}
     for comm in ("none", "commnet", "tarmac"):
         cfg = compose(["env=spread", "env.N=10", f"comm={comm}"])
         env = make_env(cfg.env, 512, 0, torch.device("cpu"))
-        from marlcli.algos import load_family
-
-        actor = load_family(cfg.algo).make_actor(env.spec, cfg)
-        ts = env.reset()
-        with torch.no_grad():
-            actor.act(ts.obs, ts.avail, None, False)
-            best = math.inf
-            for _ in range(3):
+        actors[comm], best[comm] = load_family(cfg.algo).make_actor(env.spec, cfg), math.inf
+    ts = env.reset()
+    with torch.no_grad():
+        for _ in range(rounds):
+            for comm, actor in actors.items():
+                actor.act(ts.obs, ts.avail, None, False)
                 t0 = time.perf_counter()
                 for _ in range(reps):
                     actor.act(ts.obs, ts.avail, None, False)
-                best = min(best, (time.perf_counter() - t0) / reps)
-        out[comm] = 1000 * best
+                best[comm] = min(best[comm], 1000 * (time.perf_counter() - t0) / reps)
+    out = dict(best)
     out["commnet_ratio"], out["tarmac_ratio"] = out["commnet"] / out["none"], out["tarmac"] / out["none"]
     return out
 
@@ -133,6 +175,7 @@ def main(argv: list[str]) -> None:
     out, steps, episodes = Path(opts["results_dir"]), int(opts["steps"]), int(opts["episodes"])
     seeds = [100 + i for i in range(int(opts["seeds"]))]
     per_seed: dict[str, Any] = {}
+    progress: dict[str, list[dict[str, list[float]]]] = {}
     summary: dict[str, Any] = {}
     for task in opts["tasks"].split(","):
         rows: dict[str, list[float]] = {k: [] for k in ("comm_on", "comm_off", "comm_cut", "bits_dropout")}
@@ -145,6 +188,7 @@ def main(argv: list[str]) -> None:
             bits = run(out, task, "bits_dropout", seed, steps)
             rows["bits_dropout"].append(evaluate(bits, episodes))
             mis.append(mutual_information(bits, episodes))
+            progress.setdefault(task, []).append(channel_progress(bits, episodes))
             print(task, seed, {k: v[-1] for k, v in rows.items()}, "MI", [round(x, 3) for x in mis[-1]], flush=True)
         env_cfg = compose(TASKS[task]).env
         t, k = int(env_cfg.max_cycles), int(env_cfg.goals)
@@ -175,6 +219,8 @@ def main(argv: list[str]) -> None:
                  f"{c['commnet']:.2f} ms ({c['commnet_ratio']:.2f}x), tarmac {c['tarmac']:.2f} ms "
                  f"({c['tarmac_ratio']:.2f}x).")
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "progress.json").write_text(json.dumps(progress, indent=1) + "\n")
+    plot_progress(progress, out / "channel_progress.png")
     print("\n".join(lines))
 
 

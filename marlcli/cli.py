@@ -282,12 +282,8 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     from omegaconf import OmegaConf
 
     from marlcli import results
-    from marlcli.algos import load_family
     from marlcli.errors import CheckpointError
-    from marlcli.evaluate import run_episodes
-    from marlcli.trainer import env_for_eval, resolve_device
-
-    import torch
+    from marlcli.trainer import resolve_device
 
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; give a seed dir, a run dir or a .pt file")
@@ -303,20 +299,7 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
         payload = results.load_checkpoint(target)
         cfg = results.checkpoint_config(payload, overrides=given)
 
-        def episodes_of(cfg: Any) -> tuple[Any, Any]:
-            torch.manual_seed(seed)  # message dropout draws from torch's RNG: the same losses each time
-            env = env_for_eval(cfg, min(episodes, envs), seed, dev)
-            try:
-                actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
-                if moved:
-                    check_actor_fits(actor, payload, cfg, env.spec, moved)
-                results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded
-                actor.eval()
-                return run_episodes(actor, env, episodes, deterministic), env.spec
-            finally:
-                env.close()
-
-        res, spec = episodes_of(cfg)
+        res, spec = _episodes(cfg, payload, episodes, envs, seed, dev, deterministic, moved)
         summary = {k.removeprefix("eval/"): v for k, v in res.summary().items()}
         row = {"env": str(cfg.env.name), "algo": str(cfg.algo.name), "run": str(cfg.run), "seed": int(cfg.seed),
                "step": int(payload["step"]), "checkpoint": str(target), "deterministic": deterministic,
@@ -328,8 +311,9 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
             row["n_agents"] = spec.n_agents
         if channel:  # the ablation beside the intact channel, on the same episodes
             row["comm_overrides"] = channel
-            intact, _ = episodes_of(results.checkpoint_config(
-                payload, overrides={k: v for k, v in given.items() if not k.startswith("comm.")}))
+            intact, _ = _episodes(results.checkpoint_config(
+                payload, overrides={k: v for k, v in given.items() if not k.startswith("comm.")}), payload, episodes,
+                envs, seed, dev, deterministic, moved)
             whole = intact.summary()
             row["return_mean_intact"], row["return_ci95_intact"] = whole["eval/return_mean"], whole["eval/return_ci95"]
         row["env_config"] = {k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "kwargs"}
@@ -340,6 +324,29 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
             results.atomic_write_text(sdir / name, json.dumps(row, indent=2) + "\n")
         rows.append(row)
     return rows
+
+
+def _episodes(cfg: Any, payload: dict[str, Any], episodes: int, envs: int, seed: int, dev: Any, deterministic: bool,
+              moved: dict[str, str]) -> tuple[Any, Any]:
+    """The checkpoint's actor under ``cfg`` on ``episodes`` evaluation episodes: (EvalResult, EnvSpec)."""
+    import torch
+
+    from marlcli import results
+    from marlcli.algos import load_family
+    from marlcli.evaluate import run_episodes
+    from marlcli.trainer import env_for_eval
+
+    torch.manual_seed(seed)  # message dropout draws from torch's RNG: the same losses each time
+    env = env_for_eval(cfg, min(episodes, envs), seed, dev)
+    try:
+        actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
+        if moved:
+            check_actor_fits(actor, payload, cfg, env.spec, moved)
+        results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded
+        actor.eval()
+        return run_episodes(actor, env, episodes, deterministic), env.spec
+    finally:
+        env.close()
 
 
 def check_actor_fits(actor: Any, payload: dict[str, Any], cfg: DictConfig, spec: Any, moved: dict[str, str]) -> None:

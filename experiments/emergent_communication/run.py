@@ -114,7 +114,7 @@ def plot_progress(progress: dict[str, list[dict[str, list[float]]]], path: Path)
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(progress), figsize=(5 * len(progress), 3.5), squeeze=False)
-    for ax, (task, runs) in zip(axes[0], progress.items()):
+    for ax, (task, runs) in zip(axes[0], progress.items(), strict=True):
         for i, r in enumerate(runs):
             ax.plot(r["steps"], r["mi"], "o-", color="C0", alpha=0.6, label="I(message; goal)" if i == 0 else None)
             ax.plot(r["log_steps"], r["bit_entropy"], "s--", color="C1", alpha=0.6,

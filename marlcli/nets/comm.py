@@ -23,6 +23,9 @@ its new log-probabilities would compare three different channels in the ratio (o
 logistic noise made 2-bit runs worse: 2.4-5.2 against 5.1-7.5 without, 3 seeds).
 ``dropout`` drops each sender->receiver message with probability p, at training and at
 evaluation; ``cut`` zeroes every received message (the ``marl eval PATH comm=off`` ablation).
+Losses are drawn afresh at every forward, so with ``dropout > 0`` PPO's old and new
+log-probabilities see different losses (the channel's noise enters the ratio, like any other
+noise the policy does not control); replayed episodes also get fresh losses.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ commands:
   eval PATH [episodes=1000] [seed=0] [deterministic=true] [device=cpu] [envs=1000] [env.KEY=VALUE ...]
                                evaluate checkpoints decentralized; PATH = seed dir, run dir or .pt
                                (env.N=32 ...: in another env configuration; env.factory=: trust a
-                               factory the checkpoint names that is not marlcli's)
+                               factory the checkpoint names that is not marlcli's; comm=off or
+                               comm.dropout=0.2: with the message channel cut or degraded)
   report PATH... [out=DIR] [--format marl-eval]
                                tables and learning curves over seeds
   export PATH [format=onnx,torchscript] [out=DIR]
@@ -37,7 +38,8 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-c
 
 # `marl eval` options that are config keys, applied to the checkpoint's config: any env.<key>
 # (`env.N=32 env.num_agent_neighbors=3`: evaluate where the actor was not trained; issue 17)
-EVAL_CONFIG_KEYS = ("env.",)
+# and any comm.<key> (`comm.dropout=0.2`: degrade the message channel; `comm=off` = comm.cut=true; issue 19)
+EVAL_CONFIG_KEYS = ("env.", "comm.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +191,7 @@ def train_help(overrides: list[str]) -> str:
     from marlcli.config import CONF_DIR
 
     groups = []
-    for group in ("env", "algo", "critic", "sharing"):
+    for group in ("env", "algo", "critic", "sharing", "actor", "comm"):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         groups.append(f"  {group:8s} {', '.join(options)}")
     launchers = sorted(p.stem for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
@@ -251,6 +253,7 @@ def hydra_task(cfg: DictConfig) -> Any:
 def eval_main(args: list[str]) -> int:
     from marlcli.errors import MarlError
 
+    args = ["comm.cut=true" if a == "comm=off" else a for a in args]  # the channel-cut ablation
     try:
         parsed = parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu", "envs": 1000},
                           passthrough=EVAL_CONFIG_KEYS)
@@ -281,10 +284,8 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     from omegaconf import OmegaConf
 
     from marlcli import results
-    from marlcli.algos import load_family
     from marlcli.errors import CheckpointError
-    from marlcli.evaluate import run_episodes
-    from marlcli.trainer import env_for_eval, resolve_device
+    from marlcli.trainer import resolve_device
 
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; give a seed dir, a run dir or a .pt file")
@@ -294,20 +295,13 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     given = dict(o.split("=", 1) for o in overrides or [])
     dev = resolve_device(device)
     rows = []
-    moved = {k: v for k, v in given.items() if k != "env.factory"}  # env keys changed from the training run's
+    moved = {k: v for k, v in given.items() if k.startswith("env.") and k != "env.factory"}  # env keys changed
+    channel = {k: v for k, v in given.items() if k.startswith("comm.")}  # message-channel ablation (issue 19)
     for target in targets:
         payload = results.load_checkpoint(target)
         cfg = results.checkpoint_config(payload, overrides=given)
-        env = env_for_eval(cfg, min(episodes, envs), seed, dev)
-        try:
-            actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
-            if moved:
-                check_actor_fits(actor, payload, cfg, env.spec, moved)
-            results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded
-            actor.eval()
-            res = run_episodes(actor, env, episodes, deterministic)
-        finally:
-            env.close()
+
+        res, spec = _episodes(cfg, payload, episodes, envs, seed, dev, deterministic, moved)
         summary = {k.removeprefix("eval/"): v for k, v in res.summary().items()}
         row = {"env": str(cfg.env.name), "algo": str(cfg.algo.name), "run": str(cfg.run), "seed": int(cfg.seed),
                "step": int(payload["step"]), "checkpoint": str(target), "deterministic": deterministic,
@@ -316,14 +310,45 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
             row["variant"] = str(cfg.variant)
         if moved:  # evaluated somewhere else than trained: say where
             row["env_overrides"] = moved
-            row["n_agents"] = env.spec.n_agents
+            row["n_agents"] = spec.n_agents
+        if channel:  # the ablation beside the intact channel, on the same episodes
+            row["comm_overrides"] = channel
+            intact, _ = _episodes(results.checkpoint_config(
+                payload, overrides={k: v for k, v in given.items() if not k.startswith("comm.")}), payload, episodes,
+                envs, seed, dev, deterministic, moved)
+            whole = intact.summary()
+            row["return_mean_intact"], row["return_ci95_intact"] = whole["eval/return_mean"], whole["eval/return_ci95"]
         row["env_config"] = {k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "kwargs"}
         sdir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
                                                 else target.parent)
         if write and (sdir / "config.yaml").exists():
-            results.atomic_write_text(sdir / "eval.json", json.dumps(row, indent=2) + "\n")
+            name = "eval_comm.json" if channel else "eval.json"  # an ablation never replaces the plain evaluation
+            results.atomic_write_text(sdir / name, json.dumps(row, indent=2) + "\n")
         rows.append(row)
     return rows
+
+
+def _episodes(cfg: Any, payload: dict[str, Any], episodes: int, envs: int, seed: int, dev: Any, deterministic: bool,
+              moved: dict[str, str]) -> tuple[Any, Any]:
+    """The checkpoint's actor under ``cfg`` on ``episodes`` evaluation episodes: (EvalResult, EnvSpec)."""
+    import torch
+
+    from marlcli import results
+    from marlcli.algos import load_family
+    from marlcli.evaluate import run_episodes
+    from marlcli.trainer import env_for_eval
+
+    torch.manual_seed(seed)  # message dropout draws from torch's RNG: the same losses each time
+    env = env_for_eval(cfg, min(episodes, envs), seed, dev)
+    try:
+        actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
+        if moved:
+            check_actor_fits(actor, payload, cfg, env.spec, moved)
+        results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded
+        actor.eval()
+        return run_episodes(actor, env, episodes, deterministic), env.spec
+    finally:
+        env.close()
 
 
 def check_actor_fits(actor: Any, payload: dict[str, Any], cfg: DictConfig, spec: Any, moved: dict[str, str]) -> None:
@@ -362,7 +387,10 @@ def print_eval_table(rows: list[dict[str, Any]]) -> None:
         agents = []
     roles = [k for k in rows[0] if k.startswith("return_role/")]
     extra = [k for k in rows[0] if k in ("landmarks_covered", "collisions", "catches")]
-    where = " ".join(f"{k}={v}" for k, v in rows[0].get("env_overrides", {}).items())
+    where = " ".join(f"{k}={v}" for k, v in {**rows[0].get("env_overrides", {}),
+                                              **rows[0].get("comm_overrides", {})}.items())
+    if "return_mean_intact" in rows[0]:  # a channel ablation: the intact channel's return beside it
+        extra = ["return_mean_intact", *extra]
     table = Table(title=f"marl eval: {rows[0]['algo']} on {rows[0]['env']}{' ' + where if where else ''} "
                         "(decentralized actors)")
     for col in ["seed", "step", "episodes", "return mean ± 95% CI", *[a.split("/", 1)[1] for a in agents + roles],

@@ -77,6 +77,21 @@ class ActorConfig:
 
 
 @dataclass
+class CommConfig:
+    """Learned message channel between agents inside every family's actor (``marlcli/nets/comm.py``)."""
+
+    type: str = "none"  # none | commnet (mean of messages) | tarmac (attention: key, value, query)
+    size: int = 16  # continuous message size (bits > 0 replaces it)
+    rounds: int = 1  # rounds of message passing per step
+    bits: int = 0  # 0 = continuous messages of `size` numbers; > 0: this many discrete bits instead
+    dropout: float = 0.0  # each message lost with this probability, at training and evaluation
+    neighbors: str = "all"  # all | nearest (k closest agents) | radius (agents within radius); needs positions
+    k: int = 2  # neighbors=nearest: how many agents each agent hears
+    radius: float = 1.0  # neighbors=radius: range of the radio
+    cut: bool = False  # zero every received message (evaluation ablation: marl eval PATH comm=off)
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     device: str = "auto"
@@ -91,6 +106,7 @@ class RootConfig:
     critic: CriticConfig = field(default_factory=CriticConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
     env: Any = None
     algo: Any = None
 
@@ -124,6 +140,7 @@ def register() -> None:
     cs.store(group="critic", name="critic_schema", node=CriticConfig)
     cs.store(group="sharing", name="sharing_schema", node=SharingConfig)
     cs.store(group="actor", name="actor_schema", node=ActorConfig)
+    cs.store(group="comm", name="comm_schema", node=CommConfig)
     import marlcli.algos as algos
 
     for info in pkgutil.iter_modules(algos.__path__):

@@ -81,7 +81,11 @@ def actor_kind(actor: nn.Module) -> str:
     from marlcli.algos.maddpg import DeterministicActor
     from marlcli.algos.ppo import PolicyActor
     from marlcli.algos.qlearning import QActor
+    from marlcli.nets.comm import CommEncoder
 
+    if any(isinstance(m, CommEncoder) for m in actor.modules()):
+        raise ExportError("cannot export a communicating actor (comm=commnet/tarmac) one file per agent: each agent's "
+                          "action depends on the other agents' messages; evaluate it with marl eval")
     for cls, kind in ((PolicyActor, "policy"), (QActor, "q"), (DeterministicActor, "deterministic")):
         if isinstance(actor, cls):
             return kind

@@ -305,7 +305,7 @@ def checkpoint_config(payload: dict[str, Any], trusted: Iterable[str] = (),
 
 
 def apply_overrides(raw: DictConfig, overrides: dict[str, str]) -> None:
-    """Set ``env.KEY=VALUE`` overrides (``marl eval PATH env.N=32``) on a checkpoint's config.
+    """Set ``env.KEY=VALUE`` / ``comm.KEY=VALUE`` overrides (``marl eval PATH env.N=32``) on a checkpoint's config.
 
     Values are parsed as YAML (``true``, ``3``, ``null``). Only keys the saved env config
     has can be set (a typo is one line, not a silently ignored key), except ``env.factory``;
@@ -315,6 +315,8 @@ def apply_overrides(raw: DictConfig, overrides: dict[str, str]) -> None:
     for key, value in overrides.items():
         parsed = OmegaConf.from_dotlist([f"x={value}"]).x
         head, _, name = key.partition(".")
+        if head == "comm" and str(OmegaConf.select(raw, "comm.type") or "none") == "none":
+            raise CheckpointError(f"{key}: the run has no message channel (it was trained with comm=none)")
         if head == "env" and name != "factory":
             if "." not in name and name not in raw.env:
                 known = ", ".join(k for k in raw.env if k != "kwargs")

@@ -27,6 +27,7 @@ from marlcli.envs import make_env
 from marlcli.envs.base import TimeStep, VecEnv
 from marlcli.errors import CheckpointError, ConfigError, TrainingError
 from marlcli.evaluate import run_episodes
+from marlcli.nets.comm import comm_stats
 from marlcli.tracking import Tracker
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share episodes with training envs
@@ -285,7 +286,7 @@ def train(cfg: DictConfig) -> Path:
                 sps = (step - sps_mark[0]) / max(now - sps_mark[1], 1e-9)
                 sps_mark = (step, now)
                 record = {"step": step, "time_s": round(now, 3), "time/sps": round(sps, 1), **_train_returns(track),
-                          **{k: float(v) for k, v in metrics.items()}}
+                          **{k: float(v) for k, v in metrics.items()}, **comm_stats(algo.actor)}
                 writer.write(record)
                 tracker.log(record)
                 check_finite(record)

@@ -104,6 +104,7 @@ CASES["native_spread_swarm"] = Case(_native("spread", max_cycles=LIMIT, N=6, num
 for _name, _cycles in (("coordination", 1), ("prisoners", 3), ("rps", 1)):
     CASES[f"native_{_name}"] = Case(_native(_name, max_cycles=_cycles), 7, "matrix", random=False, limit=_cycles)
     CASES[f"pz_{_name}"] = _pz_case(f"marlcli.envs.matrix:{_name}", _name, 7, False, _cycles, max_cycles=_cycles)
+CASES["native_reference"] = Case(_native("reference", N=3, max_cycles=LIMIT), 3 * LIMIT, "reference")
 CASES["native_rendezvous"] = Case(_native("rendezvous", n=3), 4, "rendezvous", random=False, limit=1)
 CASES["pz_rendezvous"] = _pz_case("marlcli.envs.rendezvous:parallel_env", "rendezvous", 4, False, 1, n=3)
 # VMAS: homogeneous (navigation with its lidar, balance) and heterogeneous (speaker_listener: obs 3 vs 11,

@@ -104,7 +104,7 @@ class ValueCritic(nn.Module):
         self.n = spec.n_agents
         groups = agent_groups(sharing, spec)
         if self.set:  # size-free: no one-hot id (roles still get their own weights through the groups)
-            self.encoder = make_encoder(spec, cfg, add_id=False)
+            self.encoder = make_encoder(spec, cfg, add_id=False, channel=False)
             self.embed = GroupLinear(self.encoder.out_dim, hidden, groups)
             self.net = AgentMLP(2 * hidden, 1, groups, hidden, max(layers - 1, 0), activation)
             return

@@ -62,6 +62,9 @@ class EnvSpec:
     stats: dict[str, str] = field(default_factory=dict)
     # observation layout as entity groups (the same for every agent); [] = not declared
     entities: list[EntityGroup] = field(default_factory=list)
+    # observation indices of the agent's own absolute position (e.g. [2, 3]); [] = not observed.
+    # Communication graphs by range (comm.neighbors=nearest|radius) are computed from them.
+    position: list[int] = field(default_factory=list)
 
     @property
     def n_agents(self) -> int:

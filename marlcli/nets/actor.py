@@ -111,12 +111,24 @@ class EntityEncoder(nn.Module):
         return with_agent_id(out) if self.add_id else out
 
 
-def make_encoder(spec: EnvSpec, cfg: object, add_id: bool | None = None, extra: int = 0) -> ObsEncoder | EntityEncoder:
+def make_encoder(spec: EnvSpec, cfg: object, add_id: bool | None = None, extra: int = 0,
+                 channel: bool = True) -> nn.Module:
     """The encoder ``cfg.actor`` asks for, with ``cfg.sharing``'s groups and agent-id rule.
 
     ``add_id`` overrides the sharing rule (a set critic never takes the id); ``extra`` is the
     width of a family's own per-agent inputs passed to ``forward(obs, extra)`` (the last action).
+    With ``channel`` (actors), the features are wrapped by the message channel ``cfg.comm``
+    asks for (``marlcli/nets/comm.py``; nothing for ``comm=none``); critics pass ``channel=False``.
     """
+    base = _base_encoder(spec, cfg, add_id, extra)
+    if not channel:
+        return base
+    from marlcli.nets.comm import wrap
+
+    return wrap(base, spec, cfg, agent_groups(str(cfg.sharing.mode), spec))  # type: ignore[attr-defined]
+
+
+def _base_encoder(spec: EnvSpec, cfg: object, add_id: bool | None, extra: int) -> ObsEncoder | EntityEncoder:
     actor = getattr(cfg, "actor", None)
     kind = str(actor.type) if actor is not None else "mlp"
     sharing = str(cfg.sharing.mode)  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ import torch
 from marlcli.envs.base import VecEnv
 from marlcli.envs.matrix import MatrixVecEnv
 from marlcli.envs.native.adversary import AdversaryEnv
+from marlcli.envs.native.reference import ReferenceEnv
 from marlcli.envs.native.spread import SpreadEnv
 from marlcli.envs.native.tag import TagEnv
 from marlcli.envs.rendezvous import RendezvousEnv
@@ -22,6 +23,7 @@ ENVS: dict[str, Any] = {
     "spread": SpreadEnv,
     "tag": TagEnv,
     "adversary": AdversaryEnv,
+    "reference": ReferenceEnv,  # speaker-listener signalling game: only agent 0 sees the goal (issue 19)
     "rendezvous": RendezvousEnv,  # one-step credit-assignment game (marlcli/envs/rendezvous.py)
     "coordination": MatrixVecEnv,  # matrix games (marlcli/envs/matrix.py)
     "prisoners": MatrixVecEnv,

@@ -67,6 +67,7 @@ class Spread:
             act_low=0.0,
             act_high=1.0,
             stats={"collisions": "sum", "landmarks_covered": "last"},
+            position=[2, 3] if self.see_pos else [],
             entities=[  # [vel, (pos)] | landmark offsets | other agents' offsets + their (silent) comm
                 EntityGroup("self", [list(range(own))]),
                 EntityGroup("landmark", [[own + 2 * j, own + 2 * j + 1] for j in range(n_lm)]),

@@ -1,0 +1,228 @@
+"""Do learned messages carry what only one agent sees? (issue 19)
+
+    python experiments/emergent_communication/run.py [results_dir=results/experiments/emergent_communication]
+        [seeds=5] [steps=6400] [episodes=1000] [tasks=reference,reference3] [threads=1]
+
+Tasks (``env=reference``, marlcli/envs/native/reference.py): agent 0 sees a goal out of K = 4, the
+listeners must pick it; a new goal every step, T = 10 steps, team reward = fraction of listeners right.
+Optimum T = 10 (the speaker tells), best without a channel T/K = 2.5 (chance). ``reference`` has one
+listener, ``reference3`` three (N = 4). MAPPO (64 env copies), seeds 100.., per task:
+
+* ``comm_on``: ``comm=commnet`` (16 continuous numbers per message), evaluated as trained;
+* ``comm_off``: trained without a channel (``comm=none``);
+* ``comm_cut``: the comm_on actors evaluated with the channel cut (``marl eval PATH comm=off``);
+* ``bits_dropout``: ``comm.bits=2 comm.dropout=0.2`` (two hard bits, each message lost with p = 0.2 at
+  training and evaluation); ``bits_kept`` = (bits_dropout - comm_off) / (comm_on - comm_off);
+* ``mi_bits``: mutual information (bits) between the speaker's 2-bit message and the goal, per bit and
+  jointly (log2 K = 2 is all there is to say), on the evaluation episodes of the bits runs.
+
+Also the cost of a channel: actor forward time per env-step at N = 10 (spread, 512 copies), tarmac and
+commnet against no channel. Evaluation seed 9000, ``episodes`` episodes. Writes results.json (per seed),
+summary.json (per task: comm_on, comm_off, comm_cut, optimum, chance), results.md, progress.json and
+channel_progress.png (I(message; goal) at every checkpoint and the bits' entropy logged in training, against
+env steps, per seed) into results_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from marlcli import results
+from marlcli.cli import evaluate_path
+from marlcli.config import compose
+from marlcli.envs import make_env
+from marlcli.nets.comm import CommEncoder
+from marlcli.trainer import train
+
+TASKS = {"reference": ["env=reference", "env.N=2"], "reference3": ["env=reference", "env.N=4"]}
+VARIANTS = {"comm_on": ["comm=commnet"], "comm_off": ["comm=none"],
+            "bits_dropout": ["comm=commnet", "comm.bits=2", "comm.dropout=0.2"]}
+EVAL_SEED = 9000
+
+
+def ci95(xs: list[float]) -> float:
+    return 1.96 * float(np.std(xs, ddof=1)) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
+
+
+def run(out: Path, task: str, variant: str, seed: int, steps: int) -> Path:
+    cfg = compose([*TASKS[task], *VARIANTS[variant], f"seed={seed}", f"run={task}-{variant}", f"results_dir={out}",
+                   "env.num_envs=64", "device=cpu", "logger.progress=false", f"train.total_steps={steps}",
+                   f"train.eval_interval={steps}", "train.eval_episodes=200", "train.eval_envs=200",
+                   "train.checkpoint_interval=1600", "train.log_interval=1600"])
+    seed_dir = out / "reference" / "mappo" / f"{task}-{variant}" / f"seed_{seed}"
+    if (seed_dir / results.DONE_FILE).exists():
+        return seed_dir
+    return train(cfg)
+
+
+def evaluate(seed_dir: Path, episodes: int, overrides: list[str] | None = None) -> float:
+    return float(evaluate_path(seed_dir, episodes=episodes, seed=EVAL_SEED, envs=episodes, overrides=overrides,
+                               write=False)[0]["return_mean"])
+
+
+def mutual_information(seed_dir: Path, episodes: int) -> list[float]:
+    """I(bit_b ; goal) per bit and I(message ; goal) jointly, from the speaker's messages at evaluation.
+
+    ``seed_dir`` may also be one ``step_<n>.pt`` (the channel at that point of training)."""
+    from marlcli.algos import load_family
+
+    payload = results.load_checkpoint(seed_dir)
+    cfg = results.checkpoint_config(payload)
+    env = make_env(cfg.env, episodes, EVAL_SEED, torch.device("cpu"))
+    actor = load_family(cfg.algo).make_actor(env.spec, cfg)
+    results.restore(actor, payload["actor"], "actor", payload)
+    actor.eval()
+    enc = next(m for m in actor.modules() if isinstance(m, CommEncoder))
+    ts, goals, msgs = env.reset(), [], []
+    with torch.no_grad():
+        for _ in range(int(cfg.env.max_cycles)):
+            goals.append(ts.obs[:, 0, 1:].argmax(-1))
+            actions, _ = actor.act(ts.obs, ts.avail, None, True)
+            msgs.append(enc.last_sent[:, 0].clone())  # the speaker's bits
+            ts = env.step(actions)
+    g, m = torch.cat(goals).numpy(), torch.cat(msgs).numpy().astype(int)
+    codes = [m[:, b] for b in range(m.shape[1])] + [m @ (2 ** np.arange(m.shape[1]))]
+    return [mi(c, g) for c in codes]
+
+
+def channel_progress(seed_dir: Path, episodes: int) -> dict[str, list[float]]:
+    """Along training: I(message; goal) from each step checkpoint, bit entropy and return from the training log."""
+    steps, mi_joint = [], []
+    for pt in sorted((seed_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])):
+        steps.append(int(pt.stem.split("_")[1]))
+        mi_joint.append(mutual_information(pt, episodes)[-1])
+    logs = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in logs if "comm/bit_entropy" in r]
+    return {"steps": steps, "mi": mi_joint, "log_steps": [r["step"] for r in logs],
+            "bit_entropy": [r["comm/bit_entropy"] for r in logs],
+            "train_return": [r.get("train/return_mean", float("nan")) for r in logs]}
+
+
+def plot_progress(progress: dict[str, list[dict[str, list[float]]]], path: Path) -> None:
+    """One panel per task: I(message; goal) and the bits' entropy against env steps, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(progress), figsize=(5 * len(progress), 3.5), squeeze=False)
+    for ax, (task, runs) in zip(axes[0], progress.items(), strict=True):
+        for i, r in enumerate(runs):
+            ax.plot(r["steps"], r["mi"], "o-", color="C0", alpha=0.6, label="I(message; goal)" if i == 0 else None)
+            ax.plot(r["log_steps"], r["bit_entropy"], "s--", color="C1", alpha=0.6,
+                    label="bit entropy (training)" if i == 0 else None)
+        ax.set_title(f"{task}: 2-bit channel, 20% dropout")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("bits")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def mi(x: np.ndarray, y: np.ndarray) -> float:
+    joint = np.zeros((x.max() + 1, y.max() + 1))
+    np.add.at(joint, (x, y), 1.0)
+    joint /= joint.sum()
+    px, py = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log2(joint[nz] / (px @ py)[nz])).sum())
+
+
+def channel_cost(reps: int = 10, rounds: int = 9) -> dict[str, float]:
+    """Actor forward time per env-step (ms for 512 copies) at N = 10 on spread: the price of a channel.
+
+    The three actors are timed in turn, ``rounds`` times, and each keeps its fastest round, so a
+    busy machine slows them alike instead of whichever ran during the busy spell."""
+    from marlcli.algos import load_family
+
+    actors, best = {}, {}
+    for comm in ("none", "commnet", "tarmac"):
+        cfg = compose(["env=spread", "env.N=10", f"comm={comm}"])
+        env = make_env(cfg.env, 512, 0, torch.device("cpu"))
+        actors[comm], best[comm] = load_family(cfg.algo).make_actor(env.spec, cfg), math.inf
+    ts = env.reset()
+    with torch.no_grad():
+        for _ in range(rounds):
+            for comm, actor in actors.items():
+                actor.act(ts.obs, ts.avail, None, False)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    actor.act(ts.obs, ts.avail, None, False)
+                best[comm] = min(best[comm], 1000 * (time.perf_counter() - t0) / reps)
+    out = dict(best)
+    out["commnet_ratio"], out["tarmac_ratio"] = out["commnet"] / out["none"], out["tarmac"] / out["none"]
+    return out
+
+
+def main(argv: list[str]) -> None:
+    opts = {"results_dir": "results/experiments/emergent_communication", "seeds": "5", "steps": "6400",
+            "episodes": "1000", "tasks": "reference,reference3", "threads": "1"}
+    for a in argv:
+        k, _, v = a.partition("=")
+        if k not in opts:
+            sys.exit(f"unknown option {k}; options: {', '.join(opts)}")
+        opts[k] = v
+    torch.set_num_threads(int(opts["threads"]))
+    out, steps, episodes = Path(opts["results_dir"]), int(opts["steps"]), int(opts["episodes"])
+    seeds = [100 + i for i in range(int(opts["seeds"]))]
+    per_seed: dict[str, Any] = {}
+    progress: dict[str, list[dict[str, list[float]]]] = {}
+    summary: dict[str, Any] = {}
+    for task in opts["tasks"].split(","):
+        rows: dict[str, list[float]] = {k: [] for k in ("comm_on", "comm_off", "comm_cut", "bits_dropout")}
+        mis: list[list[float]] = []
+        for seed in seeds:
+            on = run(out, task, "comm_on", seed, steps)
+            rows["comm_on"].append(evaluate(on, episodes))
+            rows["comm_cut"].append(evaluate(on, episodes, ["comm.cut=true"]))
+            rows["comm_off"].append(evaluate(run(out, task, "comm_off", seed, steps), episodes))
+            bits = run(out, task, "bits_dropout", seed, steps)
+            rows["bits_dropout"].append(evaluate(bits, episodes))
+            mis.append(mutual_information(bits, episodes))
+            progress.setdefault(task, []).append(channel_progress(bits, episodes))
+            print(task, seed, {k: v[-1] for k, v in rows.items()}, "MI", [round(x, 3) for x in mis[-1]], flush=True)
+        env_cfg = compose(TASKS[task]).env
+        t, k = int(env_cfg.max_cycles), int(env_cfg.goals)
+        mean = {name: float(np.mean(v)) for name, v in rows.items()}
+        gain = mean["comm_on"] - mean["comm_off"]
+        summary[task] = {**mean, **{f"{name}_ci95": ci95(v) for name, v in rows.items()},
+                         "optimum": float(t), "chance": t / k,
+                         "gap_closed": gain / (t - mean["comm_off"]) if t > mean["comm_off"] else float("nan"),
+                         "bits_kept": (mean["bits_dropout"] - mean["comm_off"]) / gain if gain > 0 else float("nan"),
+                         "mi_bits": [float(x) for x in np.mean(mis, 0)], "seeds": seeds, "steps": steps,
+                         "episodes": episodes, "eval_seed": EVAL_SEED}
+        per_seed[task] = {**rows, "mi_bits": mis}
+    summary["channel_cost_ms_n10"] = channel_cost()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(per_seed, indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = ["| task | comm-on | comm-off | comm-cut | 2 bits, 20% dropout | optimum | chance | gap closed | "
+             "gain kept (bits) | I(message; goal) bits |", "|" + "---|" * 10]
+    for task, s in summary.items():
+        if task.startswith("channel"):
+            continue
+        lines.append(f"| {task} | {s['comm_on']:.2f} ± {s['comm_on_ci95']:.2f} | {s['comm_off']:.2f} ± "
+                     f"{s['comm_off_ci95']:.2f} | {s['comm_cut']:.2f} ± {s['comm_cut_ci95']:.2f} | "
+                     f"{s['bits_dropout']:.2f} ± {s['bits_dropout_ci95']:.2f} | {s['optimum']:.0f} | {s['chance']:.1f} | "
+                     f"{s['gap_closed']:.2f} | {s['bits_kept']:.2f} | {s['mi_bits'][-1]:.2f} |")
+    c = summary["channel_cost_ms_n10"]
+    lines.append(f"\nActor forward per env-step at N = 10 (512 copies): none {c['none']:.2f} ms, commnet "
+                 f"{c['commnet']:.2f} ms ({c['commnet_ratio']:.2f}x), tarmac {c['tarmac']:.2f} ms "
+                 f"({c['tarmac_ratio']:.2f}x).")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "progress.json").write_text(json.dumps(progress, indent=1) + "\n")
+    plot_progress(progress, out / "channel_progress.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from marlcli import results
+from marlcli import results, selfplay
 from marlcli.algos import check_compatible, load_family
 from marlcli.algos.base import Algorithm
 from marlcli.buffers import Rollout
@@ -150,6 +150,7 @@ def validate(cfg: DictConfig) -> None:
     env = make_env(cfg.env, 1, int(cfg.seed), torch.device("cpu"))
     try:
         check_compatible(load_family(cfg.algo), env.spec, cfg)
+        selfplay.check(cfg, env.spec)
     finally:
         env.close()
 
@@ -174,7 +175,10 @@ def train(cfg: DictConfig) -> Path:
     try:  # an error anywhere below still closes the metrics file, the log handler, wandb and the env
         module = load_family(cfg.algo)
         check_compatible(module, env.spec, cfg)
+        session = selfplay.Session(cfg, env, device, out)  # self-play wraps the env; matrix-game measures
+        env = session.env
         algo: Algorithm = module.make(env.spec, cfg, device)
+        session.start(algo)
 
         t = cfg.train
         ts = env.reset()
@@ -193,6 +197,7 @@ def train(cfg: DictConfig) -> Path:
                 if any(saved_track[k].shape != v.shape for k, v in track.items()):
                     raise ValueError("episode-return tracker shapes differ")
                 track = {k: saved_track[k].to(device) for k in track}
+                session.load_state_dict(payload.get("selfplay"))
                 torch.set_rng_state(payload["rng"]["torch"])
                 if payload["rng"].get("cuda") is not None and device.type == "cuda":
                     torch.cuda.set_rng_state(payload["rng"]["cuda"], device)
@@ -219,6 +224,7 @@ def train(cfg: DictConfig) -> Path:
         def evaluate() -> None:
             eval_env = make_env(cfg.env, min(int(t.eval_episodes), int(t.eval_envs)), int(cfg.seed) + EVAL_SEED_OFFSET,
                                 device)
+            eval_env = session.wrap_eval(eval_env)  # self-play: against the pool
             res = run_episodes(algo.actor, eval_env, int(t.eval_episodes), bool(t.eval_deterministic))
             eval_env.close()
             record = {"step": counters["step"], "time_s": round(elapsed(), 3), **res.summary()}
@@ -236,12 +242,14 @@ def train(cfg: DictConfig) -> Path:
                 "env": env.state_dict(),
                 "counters": dict(counters),
                 "track": track,
+                "selfplay": session.state_dict(),
                 "rng": {"torch": torch.get_rng_state(),
                         **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
             }
             if hidden is not None:
                 payload_out["hidden"] = hidden
             results.save_checkpoint(out / "checkpoints", counters["step"], payload_out, int(t.keep_checkpoints))
+            session.write()
             counters["ckpt"] = counters["step"]
 
         if counters["eval"] < 0:
@@ -261,7 +269,7 @@ def train(cfg: DictConfig) -> Path:
             rollout = Rollout.from_steps(steps)
             prev = counters["step"]
             counters["step"] += rollout.num_steps
-            metrics = algo.update(rollout, counters["step"])
+            metrics = {**algo.update(rollout, counters["step"]), **session.after_update(prev, counters["step"])}
             step = counters["step"]
             if _crossed(prev, step, int(t.log_interval)):
                 now = elapsed()

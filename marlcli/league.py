@@ -68,10 +68,14 @@ class League:
         state = {k: v.detach().to("cpu", copy=True) for k, v in actor_state.items()}
         m = Member(len(self.members), int(step), state, self.learner_elo, source=source, pinned=pinned)
         self.members.append(m)
-        for old in self.members[:-self.window] if self.window > 0 else []:
-            if not old.pinned:
-                old.actor = {}  # out of the window: keep its record, drop its weights
         return m
+
+    def prune(self, in_use: set[int]) -> None:
+        """Drop the weights of members out of the window that no env copy still plays (records stay)."""
+        keep = {m.id for m in self.active()} | in_use
+        for m in self.members:
+            if m.id not in keep:
+                m.actor = {}
 
     def active(self) -> list[Member]:
         """Members opponents are drawn from: the pinned ones and the newest ``pool_size`` snapshots."""

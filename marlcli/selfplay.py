@@ -177,7 +177,9 @@ class Session:
             every = int(self.sp.snapshot_interval)
             if step // every > prev // every:
                 self.league.add(step, self.algo.actor.state_dict())
-                self.bank.forget({m.id for m in self.league.active()})
+                in_use = set(self.env.member.tolist())  # copies finish their episode against their opponent
+                self.league.prune(in_use)
+                self.bank.forget({m.id for m in self.league.active()} | in_use)
                 self.write()
         if self.matrix is not None:
             out.update(self.matrix.measure(self.algo.actor))

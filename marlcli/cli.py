@@ -20,7 +20,7 @@ USAGE = """usage: marl <command> [args]
 
 commands:
   train [key=value ...] [-m]   train (Hydra app; `marl train --help` lists groups and options)
-  eval PATH [episodes=1000] [seed=0] [deterministic=true] [device=cpu] [envs=1000] [env.factory=M:F]
+  eval PATH [episodes=1000] [seed=0] [deterministic=true] [device=cpu] [envs=1000] [env.factory=M:F] [vs=OTHER]
                                evaluate checkpoints decentralized; PATH = seed dir, run dir or .pt
                                (env.factory=: trust a factory the checkpoint names that is not marlcli's)
   report PATH... [out=DIR] [--format marl-eval]
@@ -248,8 +248,8 @@ def eval_main(args: list[str]) -> int:
     from marlcli.errors import MarlError
 
     try:
-        parsed = parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu", "envs": 1000},
-                          passthrough=EVAL_CONFIG_KEYS)
+        parsed = parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu", "envs": 1000,
+                                 "vs": ""}, passthrough=EVAL_CONFIG_KEYS)
     except ValueError as exc:
         return fail("eval", str(exc))
     if len(parsed.paths) != 1:
@@ -258,8 +258,14 @@ def eval_main(args: list[str]) -> int:
         from marlcli.export import evaluate_export, is_export
 
         target = Path(parsed.paths[0])
-        run = evaluate_export if is_export(target) else evaluate_path
-        rows = run(target, **parsed.opts, overrides=parsed.overrides)
+        vs = parsed.opts.pop("vs")
+        if vs:  # cross-play: each side through its own run's actor (marlcli/crossplay.py)
+            from marlcli.crossplay import evaluate_vs
+
+            rows = evaluate_vs(target, Path(vs), **parsed.opts)
+        else:
+            run = evaluate_export if is_export(target) else evaluate_path
+            rows = run(target, **parsed.opts, overrides=parsed.overrides)
     except MarlError as exc:
         return fail("eval", str(exc))
     print_eval_table(rows)
@@ -277,6 +283,7 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     from marlcli.algos import load_family
     from marlcli.errors import CheckpointError
     from marlcli.evaluate import run_episodes
+    from marlcli import selfplay
     from marlcli.trainer import env_for_eval, resolve_device
 
     if not path.exists():
@@ -291,6 +298,7 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
         payload = results.load_checkpoint(target)
         cfg = results.checkpoint_config(payload, overrides=given)
         env = env_for_eval(cfg, min(episodes, envs), seed, dev)
+        env = selfplay.opponents_for_eval(cfg, env, payload, dev, seed=seed)  # self-play runs: vs their pool
         try:
             actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
             results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded

@@ -233,7 +233,7 @@ def init_actor(path: Path, actor: Any) -> dict[str, Tensor]:
 
 
 def opponents_for_eval(cfg: DictConfig, env: VecEnv, payload: dict[str, Any], device: torch.device,
-                       vs: dict[str, Any] | None = None, seed: int = 0) -> VecEnv:
+                       vs: dict[str, Any] | None = None, seed: int = 0, deterministic: bool = False) -> VecEnv:
     """``marl eval`` of a self-play run: its pool's window, or ``vs``'s actor alone (cross-play)."""
     if str(cfg.selfplay.mode) == "none":
         return env
@@ -252,4 +252,5 @@ def opponents_for_eval(cfg: DictConfig, env: VecEnv, payload: dict[str, Any], de
         weights = {m.id: m.actor for m in league.active()}
         draw = uniform_draw(league, seed + EVAL_DRAW_SEED)
     bank = OpponentBank(lambda: family.make_actor(learn_spec, cfg), weights.__getitem__, device)
+    bank.deterministic = deterministic  # cross-play: both sides act alike
     return SelfPlayVecEnv(env, learn, bank, draw)

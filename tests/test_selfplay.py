@@ -178,3 +178,27 @@ def test_resume_keeps_pool_and_elo_bit_for_bit(tmp_path: Path) -> None:
         assert x["step"] == y["step"] and all(torch.equal(x["actor"][k], y["actor"][k]) for k in x["actor"])
     table = json.loads((whole / "pool" / "league.json").read_text())
     assert [m["step"] for m in table["members"]][:2] == [0, 480] and sum(m["games"] for m in table["members"]) > 0
+
+
+# ----------------------------------------------------------------------------- cross-play
+def test_side_by_side_uses_each_sides_own_actor() -> None:
+    from marlcli.crossplay import SideBySide
+
+    rock, scissors = Fixed(), Fixed()
+    scissors.w.fill_(2)
+    acts, _ = SideBySide(rock, scissors, [True, False]).act(torch.ones(3, 2, 1), torch.ones(3, 2, 3, dtype=torch.bool),
+                                                            None, True)
+    assert acts.tolist() == [[0, 2]] * 3
+
+
+def test_crossplay_of_two_selfplay_runs_is_zero_sum(tmp_path: Path) -> None:
+    from marlcli.crossplay import evaluate_vs
+
+    a = train(make_cfg(*rps_overrides(tmp_path, "train.total_steps=480", "run=a", "seed=0")))
+    b = train(make_cfg(*rps_overrides(tmp_path, "train.total_steps=480", "run=b", "seed=1")))
+    ab = evaluate_vs(a, b, episodes=64, envs=64)
+    ba = evaluate_vs(b, a, episodes=64, envs=64)
+    assert len(ab) == 1 and ab[0]["side"] == "player_0" and ab[0]["vs"] == str(b)
+    # deterministic: A's greedy action vs B's, then B's vs A's; RPS is zero-sum and symmetric
+    assert ab[0]["return_mean"] == pytest.approx(-ba[0]["return_mean"])
+    assert abs(ab[0]["return_mean"]) in (0.0, 1.0)

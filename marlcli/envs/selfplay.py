@@ -37,6 +37,7 @@ class OpponentBank:
     def __init__(self, make_actor: Callable[[], nn.Module], weights: Callable[[int], dict[str, Tensor]],
                  device: torch.device) -> None:
         self.make_actor, self.weights, self.device = make_actor, weights, device
+        self.deterministic = False  # training: opponents sample their mixed strategies
         self.actors: dict[int, nn.Module] = {}
         self.template = make_actor().to(device)
 
@@ -61,7 +62,7 @@ class OpponentBank:
         for k in member.unique().tolist():
             rows = (member == k).nonzero().squeeze(1)
             h = hidden[rows] if hidden is not None else None
-            a, h2 = self.actor(int(k)).act(obs[rows], avail[rows], h, False)
+            a, h2 = self.actor(int(k)).act(obs[rows], avail[rows], h, self.deterministic)
             if out is None:
                 out = a.new_zeros((obs.shape[0], *a.shape[1:]))
             out[rows] = a

@@ -186,7 +186,7 @@ def train_help(overrides: list[str]) -> str:
     from marlcli.config import CONF_DIR
 
     groups = []
-    for group in ("env", "algo", "critic", "sharing"):
+    for group in ("env", "algo", "critic", "sharing", "selfplay"):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         groups.append(f"  {group:8s} {', '.join(options)}")
     launchers = sorted(p.stem for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))

@@ -279,11 +279,10 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     ``overrides`` (``env.factory=pkg.mod:make``) replace keys of each checkpoint's config; an
     ``env.factory`` given here is trusted, any other foreign one is refused (issue 16).
     """
-    from marlcli import results
+    from marlcli import results, selfplay
     from marlcli.algos import load_family
     from marlcli.errors import CheckpointError
     from marlcli.evaluate import run_episodes
-    from marlcli import selfplay
     from marlcli.trainer import env_for_eval, resolve_device
 
     if not path.exists():

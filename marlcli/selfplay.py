@@ -50,7 +50,7 @@ def learners(cfg: DictConfig, spec: EnvSpec) -> list[int]:
         idx = [i for i, a in enumerate(spec.agents) if role_of(a) == spec.roles[0]]
     opp = [i for i in range(spec.n_agents) if i not in idx]
     same = len(opp) == len(idx) and all(spec.obs_dims[o] == spec.obs_dims[i] and spec.act_dims[o] == spec.act_dims[i]
-                                        for o, i in zip(opp, idx))
+                                        for o, i in zip(opp, idx, strict=False))
     if not opp or not same:
         raise ConfigError(f"selfplay needs opponents that mirror the learners (as many, same sizes); on env={spec.name} "
                           f"learning {[spec.agents[i] for i in idx]} leaves {[spec.agents[i] for i in opp]}; "
@@ -101,7 +101,7 @@ class MatrixMetrics:
 
     def measure(self, actor: Any) -> dict[str, float]:
         tables = [ex.policy_table(actor, self.obs, self.n_actor, self.slots[p], self.payoff.shape[p]) for p in (0, 1)]
-        for s, t in zip(self.sums, tables):
+        for s, t in zip(self.sums, tables, strict=True):
             s += t
         self.count += 1
         avg = [s / self.count for s in self.sums]

@@ -128,7 +128,7 @@ def plot(data: dict[str, list[dict[str, np.ndarray]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, v in zip(axes[:2], VARIANTS):
+    for ax, v in zip(axes[:2], VARIANTS, strict=True):
         c = data[v][0]
         for a, name in enumerate(("rock", "paper", "scissors")):
             ax.plot(c["step"], c["policy"][:, a], label=name)
@@ -138,7 +138,7 @@ def plot(data: dict[str, list[dict[str, np.ndarray]]], path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.legend()
     ax = axes[2]
-    for v, color in zip(VARIANTS, ("tab:red", "tab:blue")):
+    for v, color in zip(VARIANTS, ("tab:red", "tab:blue"), strict=True):
         n = min(len(c["step"]) for c in data[v])
         step = data[v][0]["step"][:n]
         for key, style in (("latest", "-"), ("avg", "--")):

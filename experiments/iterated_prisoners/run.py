@@ -1,7 +1,7 @@
 """Iterated prisoner's dilemma: two independent learners, cooperation rate over training.
 
     python experiments/iterated_prisoners/run.py [results_dir=results/experiments/iterated_prisoners]
-                                                 [seeds=3] [steps=300000] [out=experiments/iterated_prisoners]
+                                                 [seeds=3] [steps=100000] [out=experiments/iterated_prisoners]
 
 Trains IPPO with one network per agent (``sharing=none``, independent critics, no self-play)
 on the native ``env=prisoners`` (10 rounds, each agent observes the last joint action) through
@@ -27,13 +27,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 COMMON = ["env=prisoners", "env.backend=native", "env.num_envs=64", "algo=ippo", "sharing=none",
           "algo.lr_schedule=constant", "algo.lr=0.001", "algo.rollout_steps=10", "device=cpu", "logger.progress=false",
-          "train.log_interval=10240", "train.eval_interval=100000000", "train.checkpoint_interval=100000000",
+          "train.log_interval=2560", "train.eval_interval=100000000", "train.checkpoint_interval=100000000",
           "train.eval_episodes=100", "train.eval_envs=100"]
 AGENTS = ("player_0", "player_1")
 
 
 def parse(args: list[str]) -> dict[str, str]:
-    opts = {"results_dir": "results/experiments/iterated_prisoners", "seeds": "3", "steps": "300000",
+    opts = {"results_dir": "results/experiments/iterated_prisoners", "seeds": "3", "steps": "100000",
             "out": str(HERE)}
     for a in args:
         k, _, v = a.partition("=")

@@ -39,11 +39,17 @@ class OpponentBank:
         self.make_actor, self.weights, self.device = make_actor, weights, device
         self.deterministic = False  # training: opponents sample their mixed strategies
         self.actors: dict[int, nn.Module] = {}
-        self.template = make_actor().to(device)
+        self.template = self._build()
+
+    def _build(self) -> nn.Module:
+        """A fresh actor, built without touching the global RNG (its init would draw from it,
+        and a resumed run, whose cache starts empty, would then sample other actions)."""
+        with torch.random.fork_rng(devices=[]):
+            return self.make_actor().to(self.device)
 
     def actor(self, member: int) -> nn.Module:
         if member not in self.actors:
-            a = self.make_actor().to(self.device)
+            a = self._build()
             a.load_state_dict(self.weights(member))
             a.eval().requires_grad_(False)
             self.actors[member] = a

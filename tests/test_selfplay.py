@@ -160,20 +160,20 @@ def rps_overrides(tmp_path: Path, *extra: str) -> list[str]:
     return [f"results_dir={tmp_path}", "run=t", "device=cpu", "logger.progress=false", "env=rps", "env.backend=native",
             "env.num_envs=16", "algo=ippo", "algo.rollout_steps=10", "algo.lr_schedule=constant", "selfplay=pool", "selfplay.snapshot_interval=480",
             "selfplay.pool_size=3", "selfplay.pfsp=true", "selfplay.latest_prob=0.2", "train.log_interval=160",
-            "train.eval_interval=1600", "train.eval_episodes=16", "train.eval_envs=16", *extra]
+            "train.eval_interval=960", "train.eval_episodes=16", "train.eval_envs=16", *extra]
 
 
 def test_resume_keeps_pool_and_elo_bit_for_bit(tmp_path: Path) -> None:
-    whole = train(make_cfg(*rps_overrides(tmp_path / "a", "train.total_steps=3200", "train.checkpoint_interval=1600")))
-    half = train(make_cfg(*rps_overrides(tmp_path / "b", "train.total_steps=1600", "train.checkpoint_interval=1600")))
+    whole = train(make_cfg(*rps_overrides(tmp_path / "a", "train.total_steps=1920", "train.checkpoint_interval=960")))
+    half = train(make_cfg(*rps_overrides(tmp_path / "b", "train.total_steps=960", "train.checkpoint_interval=960")))
     (half / "done").unlink()
-    train(make_cfg(*rps_overrides(tmp_path / "b", f"resume={half}", "train.total_steps=3200")))
+    train(make_cfg(*rps_overrides(tmp_path / "b", f"resume={half}", "train.total_steps=1920")))
     a, b = (results.read_metrics(d / "metrics.jsonl") for d in (whole, half))
     assert strip_time(a) == strip_time(b)
     assert any("matrix/exploitability_avg" in r and "selfplay/learner_elo" in r for r in a)
     assert (whole / "pool" / "league.json").read_text() == (half / "pool" / "league.json").read_text()
     names = sorted(p.name for p in (whole / "pool").glob("member_*.pt"))
-    assert names == sorted(p.name for p in (half / "pool").glob("member_*.pt")) and len(names) >= 6
+    assert names == sorted(p.name for p in (half / "pool").glob("member_*.pt")) and len(names) == 5
     for n in names:
         x, y = (torch.load(d / "pool" / n, weights_only=True) for d in (whole, half))
         assert x["step"] == y["step"] and all(torch.equal(x["actor"][k], y["actor"][k]) for k in x["actor"])

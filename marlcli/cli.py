@@ -21,7 +21,7 @@ USAGE = """usage: marl <command> [args]
 
 commands:
   train [key=value ...] [-m]   train (Hydra app; `marl train --help` lists groups and options)
-  eval PATH [episodes=1000] [seed=0] [deterministic=true] [device=cpu] [envs=1000] [env.KEY=VALUE ...]
+  eval PATH [episodes=1000] [seed=0] [deterministic=true] [device=cpu] [envs=1000] [env.KEY=VALUE ...] [vs=OTHER]
                                evaluate checkpoints decentralized; PATH = seed dir, run dir or .pt
                                (env.N=32 ...: in another env configuration; env.factory=: trust a
                                factory the checkpoint names that is not marlcli's; comm=off or
@@ -191,7 +191,7 @@ def train_help(overrides: list[str]) -> str:
     from marlcli.config import CONF_DIR
 
     groups = []
-    for group in ("env", "algo", "critic", "sharing", "actor", "comm"):
+    for group in ("env", "algo", "critic", "sharing", "actor", "comm", "selfplay"):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         groups.append(f"  {group:8s} {', '.join(options)}")
     launchers = sorted(p.stem for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
@@ -255,8 +255,8 @@ def eval_main(args: list[str]) -> int:
 
     args = ["comm.cut=true" if a == "comm=off" else a for a in args]  # the channel-cut ablation
     try:
-        parsed = parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu", "envs": 1000},
-                          passthrough=EVAL_CONFIG_KEYS)
+        parsed = parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu", "envs": 1000,
+                                 "vs": ""}, passthrough=EVAL_CONFIG_KEYS)
     except ValueError as exc:
         return fail("eval", str(exc))
     if len(parsed.paths) != 1:
@@ -265,8 +265,14 @@ def eval_main(args: list[str]) -> int:
         from marlcli.export import evaluate_export, is_export
 
         target = Path(parsed.paths[0])
-        run = evaluate_export if is_export(target) else evaluate_path
-        rows = run(target, **parsed.opts, overrides=parsed.overrides)
+        vs = parsed.opts.pop("vs")
+        if vs:  # cross-play: each side through its own run's actor (marlcli/crossplay.py)
+            from marlcli.crossplay import evaluate_vs
+
+            rows = evaluate_vs(target, Path(vs), **parsed.opts)
+        else:
+            run = evaluate_export if is_export(target) else evaluate_path
+            rows = run(target, **parsed.opts, overrides=parsed.overrides)
     except MarlError as exc:
         return fail("eval", str(exc))
     print_eval_table(rows)
@@ -300,7 +306,6 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     for target in targets:
         payload = results.load_checkpoint(target)
         cfg = results.checkpoint_config(payload, overrides=given)
-
         res, spec = _episodes(cfg, payload, episodes, envs, seed, dev, deterministic, moved)
         summary = {k.removeprefix("eval/"): v for k, v in res.summary().items()}
         row = {"env": str(cfg.env.name), "algo": str(cfg.algo.name), "run": str(cfg.run), "seed": int(cfg.seed),
@@ -333,13 +338,14 @@ def _episodes(cfg: Any, payload: dict[str, Any], episodes: int, envs: int, seed:
     """The checkpoint's actor under ``cfg`` on ``episodes`` evaluation episodes: (EvalResult, EnvSpec)."""
     import torch
 
-    from marlcli import results
+    from marlcli import results, selfplay
     from marlcli.algos import load_family
     from marlcli.evaluate import run_episodes
     from marlcli.trainer import env_for_eval
 
     torch.manual_seed(seed)  # message dropout draws from torch's RNG: the same losses each time
     env = env_for_eval(cfg, min(episodes, envs), seed, dev)
+    env = selfplay.opponents_for_eval(cfg, env, payload, dev, seed=seed)  # self-play runs: vs their pool
     try:
         actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
         if moved:

@@ -92,6 +92,19 @@ class CommConfig:
 
 
 @dataclass
+class SelfPlayConfig:
+    mode: str = "none"  # none | latest | pool (see marlcli/selfplay.py)
+    learn: list[str] = field(default_factory=list)  # learning agents or roles; [] = first agent / first role
+    snapshot_interval: int = 20_000  # env steps between snapshots of the learner's actor
+    pool_size: int = 20  # window: opponents are drawn from the newest pool_size snapshots
+    latest_prob: float = 0.0  # probability of playing the newest snapshot instead of a draw
+    pfsp: bool = False  # prioritized fictitious self-play: draw opponents the learner loses to more often
+    pfsp_power: float = 1.0  # PFSP weight (1 - win rate)^power
+    elo_k: float = 16.0  # Elo K-factor (one game per opponent and update)
+    init: list[str] = field(default_factory=list)  # actors of other self-play runs always in the pool
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     device: str = "auto"
@@ -107,6 +120,7 @@ class RootConfig:
     sharing: SharingConfig = field(default_factory=SharingConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     comm: CommConfig = field(default_factory=CommConfig)
+    selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig)
     env: Any = None
     algo: Any = None
 
@@ -141,6 +155,7 @@ def register() -> None:
     cs.store(group="sharing", name="sharing_schema", node=SharingConfig)
     cs.store(group="actor", name="actor_schema", node=ActorConfig)
     cs.store(group="comm", name="comm_schema", node=CommConfig)
+    cs.store(group="selfplay", name="selfplay_schema", node=SelfPlayConfig)
     import marlcli.algos as algos
 
     for info in pkgutil.iter_modules(algos.__path__):

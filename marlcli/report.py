@@ -385,6 +385,9 @@ def report_main(args: list[str]) -> int:
     write_csv(rows, out / "report.csv")
     plot_curves(groups, out / "curves.png")
     written = ["report.md", "report.csv", "curves.png"]
+    from marlcli.payoff import write_all  # self-play runs: the payoff matrix of their snapshots
+
+    written += write_all(list(dict.fromkeys(seed_dirs)), out)
     if fmt == "marl-eval":
         (out / "marl_eval.json").write_text(json.dumps(marl_eval_data(seeds), indent=1) + "\n")
         written.append("marl_eval.json")

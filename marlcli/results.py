@@ -74,7 +74,7 @@ def holds_run(path: Path) -> bool:
 
 def clear_run(path: Path) -> None:
     """Remove an earlier run's files from a seed dir, so a fresh start leaves no stale state."""
-    for name in (*RUN_FILES, "train.log", "eval.json"):
+    for name in (*RUN_FILES, "train.log", "eval.json", "pool"):
         p = path / name
         if p.is_dir():
             shutil.rmtree(p)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from marlcli import distributed, results
+from marlcli import distributed, results, selfplay
 from marlcli.algos import check_compatible, load_family
 from marlcli.algos.base import Algorithm
 from marlcli.buffers import Rollout
@@ -143,6 +143,10 @@ def check_sizes(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     if int(OmegaConf.select(cfg, "algo.layers", default=0)) < 0:
         raise ConfigError(f"algo.layers must be 0 or more, got {cfg.algo.layers}")
+    ranks = max(int(OmegaConf.select(cfg, "dist.nproc_per_node", default=1)), int(os.environ.get("WORLD_SIZE", "1")))
+    if ranks > 1 and str(OmegaConf.select(cfg, "selfplay.mode", default="none")) != "none":
+        raise ConfigError("selfplay runs in one process only (its pool and opponents are not shared across ranks); "
+                          "drop dist.nproc_per_node or use selfplay=none")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -151,6 +155,7 @@ def validate(cfg: DictConfig) -> None:
     env = make_env(cfg.env, 1, int(cfg.seed), torch.device("cpu"))
     try:
         check_compatible(load_family(cfg.algo), env.spec, cfg)
+        selfplay.check(cfg, env.spec)
     finally:
         env.close()
 
@@ -180,8 +185,11 @@ def train(cfg: DictConfig) -> Path:
     try:  # an error anywhere below still closes the metrics file, the log handler, wandb and the env
         module = load_family(cfg.algo)
         check_compatible(module, env.spec, cfg)
+        session = selfplay.Session(cfg, env, device, out)  # self-play wraps the env; matrix-game measures
+        env = session.env
         algo: Algorithm = module.make(env.spec, local, device)
         distributed.broadcast_modules(algo)  # all ranks start from rank 0's parameters
+        session.start(algo)
 
         t = cfg.train
         ts = env.reset()
@@ -201,6 +209,7 @@ def train(cfg: DictConfig) -> Path:
                 if any(saved_track[k].shape != v.shape for k, v in track.items()):
                     raise ValueError("episode-return tracker shapes differ")
                 track = {k: saved_track[k].to(device) for k in track}
+                session.load_state_dict(payload.get("selfplay"))
                 torch.set_rng_state(payload["rng"]["torch"])
                 if payload["rng"].get("cuda") is not None and device.type == "cuda":
                     torch.cuda.set_rng_state(payload["rng"]["cuda"], device)
@@ -232,6 +241,7 @@ def train(cfg: DictConfig) -> Path:
                 return
             eval_env = make_env(cfg.env, min(int(t.eval_episodes), int(t.eval_envs)), int(cfg.seed) + EVAL_SEED_OFFSET,
                                 device)
+            eval_env = session.wrap_eval(eval_env)  # self-play: against the pool
             res = run_episodes(algo.actor, eval_env, int(t.eval_episodes), bool(t.eval_deterministic))
             eval_env.close()
             record = {"step": counters["step"], "time_s": round(elapsed(), 3), **res.summary()}
@@ -249,6 +259,7 @@ def train(cfg: DictConfig) -> Path:
                 "env": env.state_dict(),
                 "counters": dict(counters),
                 "track": track,
+                "selfplay": session.state_dict(),
                 "rng": {"torch": torch.get_rng_state(),
                         **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
             }
@@ -258,6 +269,7 @@ def train(cfg: DictConfig) -> Path:
             payload_out = distributed.gather_rank_states(payload_out)  # every rank's env, RNG, replay on rank 0
             if main:
                 results.save_checkpoint(out / "checkpoints", counters["step"], payload_out, int(t.keep_checkpoints))
+                session.write()
             counters["ckpt"] = counters["step"]
 
         if counters["eval"] < 0:
@@ -277,7 +289,7 @@ def train(cfg: DictConfig) -> Path:
             rollout = Rollout.from_steps(steps)
             prev = counters["step"]
             counters["step"] += rollout.num_steps * distributed.world_size()  # env steps over all ranks
-            metrics = algo.update(rollout, counters["step"])
+            metrics = {**algo.update(rollout, counters["step"]), **session.after_update(prev, counters["step"])}
             step = counters["step"]
             if _crossed(prev, step, int(t.log_interval)):
                 distributed.all_sum(track["ret_sum"], track["ret_cnt"])  # episodes of all ranks

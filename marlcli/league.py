@@ -1,0 +1,172 @@
+"""The pool of frozen past selves: snapshots, opponent sampling (PFSP), Elo, and its files.
+
+A self-play run keeps, besides the learner, a list of **members**: frozen copies of the
+learner's actor taken every ``selfplay.snapshot_interval`` env steps (plus the untrained
+actor at step 0 and any actors given by ``selfplay.init``). Training episodes are played
+against members drawn from the newest ``selfplay.pool_size`` snapshots (the window); with
+probability ``selfplay.latest_prob`` the newest one. ``selfplay=latest`` is a window of 1.
+With ``selfplay.pfsp=true`` a member is drawn with weight ``(1 - w)^p`` where ``w`` is the
+learner's score against it so far (prioritized fictitious self-play, Vinyals et al. 2019,
+"Grandmaster level in StarCraft II"): opponents the learner still loses to come up more.
+
+**Elo.** A snapshot starts at the learner's rating when it is taken. After every update the
+results of the finished games against each member count as one Elo game per member, scored
+by the learner's mean score (1 win, 0.5 draw, 0 loss; a win = a higher episode return than
+the opponent side's), and both ratings move by ``K * (score - expected)``. One game per member
+and update (not per episode) keeps the K-factor meaningful however many env copies run.
+
+Everything here is plain tensors and floats, drawn from the league's own ``torch.Generator``,
+so ``state_dict()`` in the checkpoint makes a resumed run draw and rate exactly as an
+uninterrupted one. The results tree gets ``pool/member_<id>.pt`` (one loadable actor and
+its step each) and ``pool/league.json`` (the Elo table), both written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from marlcli import results
+
+MEMBER_FORMAT = "marlcli-pool-member-v1"
+SEED_OFFSET = 7_919  # the league's draws never share a stream with the env or the learner
+
+
+@dataclass
+class Member:
+    """One frozen opponent: its actor weights, the step it was taken at, and its record."""
+
+    id: int
+    step: int
+    actor: dict[str, Tensor]
+    elo: float
+    games: float = 0.0  # games the learner played against it
+    score: float = 0.0  # the learner's summed score in those games
+    source: str = "self"  # "self" or the path an init member came from
+    pinned: bool = False  # init members stay in the window for good
+
+
+class League:
+    """Members, who plays whom, and the Elo table (see the module docstring)."""
+
+    def __init__(self, sp: Any, seed: int) -> None:
+        self.window, self.latest_prob = int(sp.pool_size), float(sp.latest_prob)
+        self.pfsp, self.pfsp_power, self.k = bool(sp.pfsp), float(sp.pfsp_power), float(sp.elo_k)
+        self.members: list[Member] = []
+        self.learner_elo = 1000.0
+        self.gen = torch.Generator().manual_seed(int(seed) + SEED_OFFSET)
+        self.pending: list[tuple[Tensor, Tensor]] = []  # (member ids, scores) of games not yet rated
+
+    # ------------------------------------------------------------------ membership
+    def add(self, step: int, actor_state: dict[str, Tensor], source: str = "self", pinned: bool = False) -> Member:
+        """Freeze a copy of ``actor_state`` as a new member rated like the learner now."""
+        state = {k: v.detach().to("cpu", copy=True) for k, v in actor_state.items()}
+        m = Member(len(self.members), int(step), state, self.learner_elo, source=source, pinned=pinned)
+        self.members.append(m)
+        return m
+
+    def prune(self, in_use: set[int]) -> None:
+        """Drop the weights of members out of the window that no env copy still plays (records stay)."""
+        keep = {m.id for m in self.active()} | in_use
+        for m in self.members:
+            if m.id not in keep:
+                m.actor = {}
+
+    def active(self) -> list[Member]:
+        """Members opponents are drawn from: the pinned ones and the newest ``pool_size`` snapshots."""
+        own = [m for m in self.members if not m.pinned][-self.window:]
+        return [m for m in self.members if m.pinned] + own
+
+    def sample(self, n: int) -> Tensor:
+        """Member ids ``[n]`` for ``n`` env copies (latest with ``latest_prob``, else window / PFSP)."""
+        act = self.active()
+        ids = torch.tensor([m.id for m in act])
+        if self.pfsp:
+            w = torch.tensor([1.0 - (m.score + 0.5) / (m.games + 1.0) for m in act], dtype=torch.float64)
+            w = w.clamp(min=1e-3) ** self.pfsp_power
+        else:
+            w = torch.ones(len(act), dtype=torch.float64)
+        pick = ids[torch.multinomial(w, n, replacement=True, generator=self.gen)]
+        latest = torch.rand(n, generator=self.gen) < self.latest_prob
+        return torch.where(latest, self.members[-1].id, pick)
+
+    # ------------------------------------------------------------------ results and Elo
+    def record(self, ids: Tensor, scores: Tensor) -> None:
+        """Queue finished games (device tensors; no host sync until ``rate``)."""
+        self.pending.append((ids, scores))
+
+    def rate(self) -> dict[str, float]:
+        """Apply the queued games to the records and the Elo table; returns ``selfplay/...`` metrics."""
+        if not self.pending:
+            return {}
+        ids = torch.cat([i for i, _ in self.pending]).cpu()
+        scores = torch.cat([s for _, s in self.pending]).cpu().double()
+        self.pending = []
+        if ids.numel() == 0:
+            return {}
+        n = len(self.members)
+        games = torch.bincount(ids, minlength=n).double()
+        total = torch.zeros(n, dtype=torch.float64).index_add_(0, ids, scores)
+        for m in self.members:
+            g = float(games[m.id])
+            if g == 0:
+                continue
+            s = float(total[m.id])
+            m.games, m.score = m.games + g, m.score + s
+            expected = 1.0 / (1.0 + 10.0 ** ((m.elo - self.learner_elo) / 400.0))
+            delta = self.k * (s / g - expected)
+            self.learner_elo += delta
+            m.elo -= delta
+        return {"selfplay/learner_elo": self.learner_elo, "selfplay/win_rate": float(scores.mean()),
+                "selfplay/pool_size": float(len(self.active()))}
+
+    # ------------------------------------------------------------------ state and files
+    def state_dict(self) -> dict[str, Any]:
+        return {"learner_elo": self.learner_elo, "gen": self.gen.get_state(),
+                "members": [{"id": m.id, "step": m.step, "actor": m.actor, "elo": m.elo, "games": m.games,
+                             "score": m.score, "source": m.source, "pinned": m.pinned} for m in self.members]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner_elo = float(state["learner_elo"])
+        self.gen.set_state(state["gen"])
+        self.members = [Member(int(d["id"]), int(d["step"]), dict(d["actor"]), float(d["elo"]), float(d["games"]),
+                               float(d["score"]), str(d["source"]), bool(d["pinned"])) for d in state["members"]]
+        self.pending = []
+
+    def table(self) -> dict[str, Any]:
+        """The Elo table as JSON-ready data (``pool/league.json``)."""
+        return {"learner_elo": self.learner_elo,
+                "members": [{"id": m.id, "step": m.step, "elo": m.elo, "games": m.games, "score": m.score,
+                             "source": m.source, "active": bool(m.actor)} for m in self.members]}
+
+    def write(self, pool_dir: Path) -> None:
+        """Write new members' files and the Elo table; drop files of members past this league (resume)."""
+        pool_dir.mkdir(parents=True, exist_ok=True)
+        for m in self.members:
+            path = pool_dir / f"member_{m.id}.pt"
+            if m.actor and not path.exists():
+                data = {"format": MEMBER_FORMAT, "id": m.id, "step": m.step, "source": m.source, "actor": m.actor}
+                results._atomic_write(path, lambda f, d=data: torch.save(d, f))
+        for path in pool_dir.glob("member_*.pt"):
+            tail = path.stem.rpartition("_")[2]
+            if tail.isdigit() and int(tail) >= len(self.members):
+                path.unlink()
+        results.atomic_write_text(pool_dir / "league.json", json.dumps(self.table(), indent=1) + "\n")
+
+
+def load_member(path: Path) -> dict[str, Any]:
+    """A ``pool/member_<id>.pt`` file (weights only; no code runs) -> its dict."""
+    from marlcli.errors import CheckpointError
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        raise CheckpointError(f"{path} is not a readable pool member") from None
+    if not isinstance(data, dict) or data.get("format") != MEMBER_FORMAT or not isinstance(data.get("actor"), dict):
+        raise CheckpointError(f"{path} is not a marlcli pool member (format tag missing)")
+    return data

@@ -1,0 +1,104 @@
+"""The payoff matrix of a self-play run's snapshots, for ``marl report``.
+
+For every seed dir with a ``pool/`` (``selfplay=latest|pool``), up to ``MAX_SNAPSHOTS`` pool
+members evenly spaced over training play each other: row member i plays the learning agents,
+column member j the opponents, ``EPISODES`` episodes per cell with sampled actions (the
+policies' own mixed strategies), the same evaluation episodes for every cell. A cell is the
+row side's mean episode return. Written as ``payoff_<run>_seed<k>.md`` (a table) and
+``payoff_<run>_seed<k>.png`` (a heat map) next to the report; a learner that improves shows
+a lower triangle (late rows vs early columns) above zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from marlcli import results
+from marlcli.algos import load_family
+from marlcli.envs import make_env
+from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv, sub_spec
+from marlcli.evaluate import run_episodes
+from marlcli.league import load_member
+
+MAX_SNAPSHOTS = 8
+EPISODES = 200
+EVAL_SEED = 9_001
+
+
+def snapshots(pool: Path, k: int = MAX_SNAPSHOTS) -> list[dict[str, Any]]:
+    """Up to ``k`` member files, evenly spaced by id (first and last included)."""
+    files = sorted(pool.glob("member_*.pt"), key=lambda p: int(p.stem.rpartition("_")[2]))
+    if len(files) > k:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, k).round().astype(int)]
+    return [load_member(p) for p in files]
+
+
+@torch.no_grad()
+def payoff_matrix(sdir: Path, episodes: int = EPISODES) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """``(members, M)``: ``M[i, j]`` = mean return of member i (learning side) against member j."""
+    from marlcli import selfplay
+
+    payload = results.load_checkpoint(sdir)
+    cfg = results.checkpoint_config(payload)
+    members = snapshots(sdir / "pool")
+    env = make_env(cfg.env, episodes, EVAL_SEED, torch.device("cpu"))
+    try:
+        learn = selfplay.learners(cfg, env.spec)
+        spec = sub_spec(env.spec, learn)
+        family = load_family(cfg.algo)
+        out = np.zeros((len(members), len(members)))
+        for j, col in enumerate(members):
+            bank = OpponentBank(lambda: family.make_actor(spec, cfg), lambda _m, c=col: c["actor"], torch.device("cpu"))
+            for i, row in enumerate(members):
+                actor = family.make_actor(spec, cfg)
+                actor.load_state_dict(row["actor"])
+                wrapped = SelfPlayVecEnv(env, learn, bank, lambda n: torch.zeros(n, dtype=torch.long))
+                torch.manual_seed(EVAL_SEED)  # the same sampled actions for every cell
+                out[i, j] = float(run_episodes(actor.eval(), wrapped, episodes, False).returns.mean())
+    finally:
+        env.close()
+    return members, out
+
+
+def write_payoff(sdir: Path, out_dir: Path) -> list[str]:
+    """Table and heat map for one seed dir; returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    members, m = payoff_matrix(sdir)
+    if not members:
+        return []
+    name = f"payoff_{sdir.parent.name}_{sdir.name.replace('_', '')}"
+    labels = [f"{d['step']:,}" if d.get("source", "self") == "self" else f"init {d['id']}" for d in members]
+    lines = [f"Mean return of the row snapshot (learning side) vs the column snapshot; {sdir}", "",
+             "| row \\ column | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    lines += [f"| {labels[i]} | " + " | ".join(f"{v:+.2f}" for v in m[i]) + " |" for i in range(len(labels))]
+    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(labels), 0.8 + 0.6 * len(labels)))
+    lim = max(1e-9, float(np.abs(m).max()))
+    im = ax.imshow(m, cmap="RdBu", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("opponent snapshot (env step)")
+    ax.set_ylabel("learner snapshot (env step)")
+    fig.colorbar(im, ax=ax, label="mean return")
+    ax.set_title(f"{sdir.parent.name}/{sdir.name}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{name}.png", dpi=100)
+    plt.close(fig)
+    return [f"{name}.md", f"{name}.png"]
+
+
+def write_all(seed_dirs: list[Path], out_dir: Path) -> list[str]:
+    """Payoff files for every self-play seed dir among ``seed_dirs``."""
+    written: list[str] = []
+    for sdir in seed_dirs:
+        if (sdir / "pool").is_dir() and (sdir / "checkpoints").is_dir():
+            written += write_payoff(sdir, out_dir)
+    return written

@@ -1,0 +1,256 @@
+"""Self-play and matrix-game measures, as the trainer sees them: one ``Session`` per run.
+
+``Session(cfg, env, device, out)`` wraps the env when ``selfplay.mode`` is ``latest`` or
+``pool`` (``marlcli.envs.selfplay``), keeps the pool (``marlcli.league``), snapshots the
+learner's actor every ``selfplay.snapshot_interval`` env steps, rates the games after every
+update, and on the matrix games measures the exact exploitability of the current and of the
+time-averaged policy (``marlcli.exploitability``), with or without self-play. With
+``selfplay=none`` on any other env it does nothing. The trainer calls it at five places:
+``start`` (after the learner is built), ``load_state_dict`` (resume), ``after_update``,
+``wrap_eval`` and ``state_dict``/``write`` (checkpoints).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from marlcli import exploitability as ex
+from marlcli.algos import load_family
+from marlcli.envs.base import EnvSpec, VecEnv, role_of
+from marlcli.envs.matrix import GAMES
+from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv, sub_spec
+from marlcli.errors import CheckpointError, ConfigError
+from marlcli.league import League, load_member
+
+EVAL_DRAW_SEED = 4_241  # evaluation opponents: their own stream, the same draws at every evaluation
+
+
+def learners(cfg: DictConfig, spec: EnvSpec) -> list[int]:
+    """Indices of the learning agents; checks that the opponents mirror them (one-line errors).
+
+    ``selfplay.learn`` names agents or roles; empty = the first agent when every agent has one
+    role (``rps``: ``player_0``), else the agents of the first role.
+    """
+    names = list(cfg.selfplay.learn)
+    if names:
+        unknown = [x for x in names if x not in spec.agents and x not in spec.roles]
+        if unknown:
+            raise ConfigError(f"selfplay.learn names '{unknown[0]}', which is neither an agent nor a role of "
+                              f"env={spec.name} (agents: {', '.join(spec.agents)})")
+        idx = [i for i, a in enumerate(spec.agents) if a in names or role_of(a) in names]
+    elif len(spec.roles) == 1:
+        idx = [0]
+    else:
+        idx = [i for i, a in enumerate(spec.agents) if role_of(a) == spec.roles[0]]
+    opp = [i for i in range(spec.n_agents) if i not in idx]
+    same = len(opp) == len(idx) and all(spec.obs_dims[o] == spec.obs_dims[i] and spec.act_dims[o] == spec.act_dims[i]
+                                        for o, i in zip(opp, idx, strict=False))
+    if not opp or not same:
+        raise ConfigError(f"selfplay needs opponents that mirror the learners (as many, same sizes); on env={spec.name} "
+                          f"learning {[spec.agents[i] for i in idx]} leaves {[spec.agents[i] for i in opp]}; "
+                          "set selfplay.learn, or selfplay=none")
+    return idx
+
+
+def check(cfg: DictConfig, spec: EnvSpec) -> None:
+    """Fail fast on a bad ``selfplay`` section (called by ``trainer.validate``)."""
+    sp = cfg.selfplay
+    if sp.mode not in ("none", "latest", "pool"):
+        raise ConfigError(f"unknown selfplay.mode '{sp.mode}': use none, latest or pool")
+    if sp.mode == "none":
+        return
+    learners(cfg, spec)
+    if int(sp.snapshot_interval) < 1 or int(sp.pool_size) < 1:
+        raise ConfigError("selfplay.snapshot_interval and selfplay.pool_size must be positive integers")
+    if not 0.0 <= float(sp.latest_prob) <= 1.0:
+        raise ConfigError(f"selfplay.latest_prob={sp.latest_prob} must be within [0, 1]")
+
+
+def matrix_game(cfg: DictConfig) -> tuple[Tensor, bool, int] | None:
+    """``(payoff, observe_last, horizon)`` when the env is one of marlcli's matrix games."""
+    env = cfg.env
+    name = str(env.get("name"))
+    if name not in GAMES or not (env.get("backend") == "native" or str(env.get("factory", "")).startswith(
+            "marlcli.envs.matrix:")):
+        return None
+    make, observe_last, _ = GAMES[name]
+    kwargs = {"penalty": float(env.get("penalty", -10.0))} if name == "coordination" else {}
+    return torch.as_tensor(make(**kwargs)), observe_last, int(env.get("max_cycles", 1))
+
+
+class MatrixMetrics:
+    """Exploitability of the current and the time-averaged policy, measured after every update.
+
+    The time-averaged policy is the mean of the policy tables measured so far (one per
+    update), per state; on the stateless games (``rps``) that is exactly the mixed strategy
+    of the average policy.
+    """
+
+    def __init__(self, game: tuple[Tensor, bool, int], agents: list[str], slots: list[int], n_actor: int) -> None:
+        self.payoff, self.observe_last, self.horizon = game
+        self.agents, self.slots, self.n_actor = agents, slots, n_actor
+        self.obs = ex.observations(self.payoff, self.observe_last)
+        self.sums = [torch.zeros(self.obs.shape[0], self.payoff.shape[p], dtype=torch.float64) for p in (0, 1)]
+        self.count = 0
+
+    def measure(self, actor: Any) -> dict[str, float]:
+        tables = [ex.policy_table(actor, self.obs, self.n_actor, self.slots[p], self.payoff.shape[p]) for p in (0, 1)]
+        for s, t in zip(self.sums, tables, strict=True):
+            s += t
+        self.count += 1
+        avg = [s / self.count for s in self.sums]
+        args = (self.payoff, self.horizon, self.observe_last)
+        out = {"matrix/exploitability": ex.exploitability(args[0], *tables, *args[1:]),
+               "matrix/exploitability_avg": ex.exploitability(args[0], *avg, *args[1:])}
+        rates = ex.occupancy(self.payoff, *tables, self.horizon, self.observe_last)
+        for p, agent in enumerate(self.agents):
+            for a in range(self.payoff.shape[p]):
+                out[f"matrix/policy/{agent}/{a}"] = float(tables[p][0, a])
+                out[f"matrix/avg_policy/{agent}/{a}"] = float(avg[p][0, a])
+                out[f"matrix/action_rate/{agent}/{a}"] = float(rates[p][a])
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": [s.clone() for s in self.sums], "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.count = [s.clone().double() for s in state["sums"]], int(state["count"])
+
+
+class Session:
+    """Self-play (when on) and matrix-game measures for one training run."""
+
+    def __init__(self, cfg: DictConfig, env: VecEnv, device: torch.device, out: Path | None = None) -> None:
+        self.cfg, self.sp, self.device, self.out = cfg, cfg.selfplay, device, out
+        self.on = str(self.sp.mode) != "none"
+        self.inner, self.env = env, env
+        self.league: League | None = None
+        spec = env.spec
+        if self.on:
+            check(cfg, spec)
+            self.learn = learners(cfg, spec)
+            learn_spec = sub_spec(spec, self.learn)
+            family = load_family(cfg.algo)
+            self.league = League(self.sp if self.sp.mode == "pool" else _latest(self.sp), int(cfg.seed))
+            self.bank = OpponentBank(lambda: family.make_actor(learn_spec, cfg), self._weights, device)
+            self.env = SelfPlayVecEnv(env, self.learn, self.bank, self.league.sample, self.league.record, self.league)
+        game = matrix_game(cfg)
+        self.matrix: MatrixMetrics | None = None
+        if game is not None:
+            if self.on:
+                opp = [i for i in range(2) if i not in self.learn]
+                slots = [self.learn.index(p) if p in self.learn else opp.index(p) for p in (0, 1)]
+                self.matrix = MatrixMetrics(game, spec.agents, slots, len(self.learn))
+            else:
+                self.matrix = MatrixMetrics(game, spec.agents, [0, 1], spec.n_agents)
+
+    def _weights(self, member: int) -> dict[str, Tensor]:
+        assert self.league is not None
+        return self.league.members[member].actor
+
+    def start(self, algo: Any) -> None:
+        """Seed the pool: the untrained actor (step 0) and the ``selfplay.init`` actors."""
+        self.algo = algo
+        if self.league is None:
+            return
+        for path in self.sp.init:
+            self.league.add(0, init_actor(Path(str(path)), algo.actor), source=str(path), pinned=True)
+        self.league.add(0, algo.actor.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Resume: the matrix averages (the league comes back with the env state)."""
+        if self.matrix is not None and state and "matrix" in state:
+            self.matrix.load_state_dict(state["matrix"])
+        self.write()  # drops pool files written after the checkpoint
+
+    def after_update(self, prev: int, step: int) -> dict[str, float]:
+        """Rate the finished games, snapshot at interval crossings, measure matrix games."""
+        out: dict[str, float] = {}
+        if self.league is not None:
+            out.update(self.league.rate())
+            every = int(self.sp.snapshot_interval)
+            if step // every > prev // every:
+                self.league.add(step, self.algo.actor.state_dict())
+                in_use = set(self.env.member.tolist())  # copies finish their episode against their opponent
+                self.league.prune(in_use)
+                self.bank.forget({m.id for m in self.league.active()} | in_use)
+                self.write()
+        if self.matrix is not None:
+            out.update(self.matrix.measure(self.algo.actor))
+        return out
+
+    def wrap_eval(self, env: VecEnv) -> VecEnv:
+        """Evaluation envs: the learner against the pool's window, drawn uniformly (own stream)."""
+        if self.league is None:
+            return env
+        return SelfPlayVecEnv(env, self.learn, self.bank, uniform_draw(self.league, EVAL_DRAW_SEED))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"matrix": self.matrix.state_dict()} if self.matrix is not None else {}
+
+    def write(self) -> None:
+        """``pool/`` files and the Elo table in the seed dir."""
+        if self.league is not None and self.out is not None:
+            self.league.write(self.out / "pool")
+
+
+def _latest(sp: Any) -> Any:
+    """``selfplay=latest``: a window of one, always the newest snapshot, no PFSP."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(pool_size=1, latest_prob=1.0, pfsp=False, pfsp_power=float(sp.pfsp_power),
+                           elo_k=float(sp.elo_k))
+
+
+def uniform_draw(league: League, seed: int) -> Any:
+    """A draw function over the league's window with its own generator (evaluation)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([m.id for m in league.active()])
+    return lambda n: ids[torch.randint(len(ids), (n,), generator=gen)]
+
+
+def init_actor(path: Path, actor: Any) -> dict[str, Tensor]:
+    """Actor weights for ``selfplay.init``: a pool member file, or a self-play run's seed dir / .pt."""
+    from marlcli import results
+
+    if path.suffix == ".pt" and path.name.startswith("member_"):
+        state = load_member(path)["actor"]
+    else:
+        state = results.load_checkpoint(path)["actor"]
+    try:
+        copy.deepcopy(actor).load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"selfplay.init: {path} holds an actor that does not fit this learner "
+                              f"({' '.join(str(exc).split())[:200]}); give a self-play run of the same game and "
+                              "algorithm") from None
+    return state
+
+
+def opponents_for_eval(cfg: DictConfig, env: VecEnv, payload: dict[str, Any], device: torch.device,
+                       vs: dict[str, Any] | None = None, seed: int = 0, deterministic: bool = False) -> VecEnv:
+    """``marl eval`` of a self-play run: its pool's window, or ``vs``'s actor alone (cross-play)."""
+    if str(cfg.selfplay.mode) == "none":
+        return env
+    learn = learners(cfg, env.spec)
+    family = load_family(cfg.algo)
+    learn_spec = sub_spec(env.spec, learn)
+    if vs is not None:
+        weights = {0: vs["actor"]}
+        draw = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
+    else:
+        league = League(cfg.selfplay, 0)
+        try:
+            league.load_state_dict(payload["env"]["league"])
+        except Exception:  # noqa: BLE001
+            raise CheckpointError(f"{payload.get('_path')}: no readable pool in this checkpoint") from None
+        weights = {m.id: m.actor for m in league.active()}
+        draw = uniform_draw(league, seed + EVAL_DRAW_SEED)
+    bank = OpponentBank(lambda: family.make_actor(learn_spec, cfg), weights.__getitem__, device)
+    bank.deterministic = deterministic  # cross-play: both sides act alike
+    return SelfPlayVecEnv(env, learn, bank, draw)

@@ -200,6 +200,7 @@ def write_outputs(o: dict[str, Any], root: Path, table: dict[str, Any], summary:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     ax = axes[0]
@@ -209,6 +210,7 @@ def write_outputs(o: dict[str, Any], root: Path, table: dict[str, Any], summary:
     ax.plot(eval_ns, [summary["random"]["return"][str(m)] for m in eval_ns], "k--", label="random")
     ax.set(xscale="log", xlabel="N at evaluation", ylabel="per-agent return", title="Swarm spread")
     ax.set_xticks(eval_ns, [str(m) for m in eval_ns])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=8)
     ax = axes[1]
     s = [summary["transfer_score"][str(m)] for m in eval_ns]
@@ -218,6 +220,7 @@ def write_outputs(o: dict[str, Any], root: Path, table: dict[str, Any], summary:
     ax.set(xscale="log", xlabel="N at evaluation", ylabel="normalized transfer score",
            title=f"Zero-shot from N={small}")
     ax.set_xticks(eval_ns, [str(m) for m in eval_ns])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(root / "transfer.png", dpi=120)

@@ -285,7 +285,7 @@ def test_eval_does_not_favour_short_episodes() -> None:
     from marlcli.algos.ppo import PolicyActor
 
     env = _UnevenEnv(2)
-    actor = PolicyActor(env.spec, "all", 8, 1, "relu")
+    actor = PolicyActor(env.spec, make_cfg(), 8, 1, "relu")
     res = run_episodes(actor, env, 4)
     assert res.returns[:, 0].tolist() == [1.0, 1.0, 5.0, 5.0]
     assert res.summary()["eval/return_mean"] == 3.0

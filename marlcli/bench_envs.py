@@ -26,11 +26,8 @@ from omegaconf import OmegaConf
 from marlcli.envs import native
 
 
-def _native_steps_per_s(n: int, b: int, seconds: float, device: torch.device,
-                        clock: Callable[[], float] = time.perf_counter) -> float:
-    env = native.make(OmegaConf.create({"name": "spread", "N": n, "max_cycles": 25}), b, 0, device)
-    env.reset()
-    acts = torch.randint(0, 5, (8, b, n), device=device)
+def _timed_steps(env: Any, acts: torch.Tensor, seconds: float, clock: Callable[[], float]) -> float:
+    """Env-steps/s of ``env`` cycling through 8 pre-drawn action batches ``acts [8, B, ...]``."""
     env.step(acts[0])  # warm-up
     steps, start = 0, clock()
     while True:
@@ -39,7 +36,15 @@ def _native_steps_per_s(n: int, b: int, seconds: float, device: torch.device,
         steps += 8
         elapsed = clock() - start
         if elapsed >= seconds:
-            return steps * b / elapsed
+            return steps * acts.shape[1] / elapsed
+
+
+def _native_steps_per_s(n: int, b: int, seconds: float, device: torch.device,
+                        clock: Callable[[], float] = time.perf_counter) -> float:
+    env = native.make(OmegaConf.create({"name": "spread", "N": n, "max_cycles": 25}), b, 0, device)
+    env.reset()
+    acts = torch.randint(0, 5, (8, b, n), device=device)
+    return _timed_steps(env, acts, seconds, clock)
 
 
 def _vmas_steps_per_s(scenario: str, b: int, seconds: float, device: torch.device, continuous: bool,
@@ -55,15 +60,7 @@ def _vmas_steps_per_s(scenario: str, b: int, seconds: float, device: torch.devic
         acts = torch.rand(8, b, spec.n_agents, spec.act_dim, device=device) * 2 - 1
     else:
         acts = torch.randint(0, spec.act_dim, (8, b, spec.n_agents), device=device)
-    env.step(acts[0])  # warm-up
-    steps, start = 0, clock()
-    while True:
-        for k in range(8):
-            env.step(acts[k])
-        steps += 8
-        elapsed = clock() - start
-        if elapsed >= seconds:
-            return steps * b / elapsed
+    return _timed_steps(env, acts, seconds, clock)
 
 
 def _mpe2_steps_per_s(n: int, seconds: float) -> float:

@@ -160,6 +160,17 @@ def _slurm_env() -> None:
                           f"environment ({exc}); launch with torchrun or through submitit") from None
 
 
+def finish() -> None:
+    """All ranks reach the end of a successful run together, before any leaves the group.
+
+    Without it a rank that finished first destroyed its gloo group while rank 0 was still
+    saving the last checkpoint, and now and then died at exit with std::terminate (SIGABRT).
+    """
+    if active():
+        with _guard("the end of the run"):
+            dist.barrier()
+
+
 def teardown() -> None:
     """Leave the process group this module joined (one started by the caller stays theirs)."""
     if _OWNED["group"] and dist.is_available() and dist.is_initialized():

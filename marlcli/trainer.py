@@ -312,6 +312,7 @@ def train(cfg: DictConfig) -> Path:
         need = counters["ckpt"] != counters["step"] or not (out / "checkpoints" / "latest.pt").exists()
         if distributed.broadcast_object(need):  # rank 0 decides: only it has written checkpoints
             checkpoint()
+        distributed.finish()  # every rank leaves the group together, after rank 0 saved its last checkpoint
         failed = False
     finally:
         for close in reversed(cleanup):

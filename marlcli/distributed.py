@@ -34,12 +34,16 @@ from torch import Tensor, nn
 
 from marlcli.errors import ConfigError, TrainingError
 
+
+class CollectiveError(TrainingError):
+    """A collective failed: a peer died or stayed silent past ``dist.timeout``; the group is broken."""
+
 RANK_SEED_STRIDE = 10_000_019  # rank r's env copies and RNG start at seed + r * stride (rank 0: seed itself)
 # Global sizes that each rank holds a 1/K share of: env copies, replay capacity and batches.
 SPLIT_KEYS = ("env.num_envs", "algo.batch_episodes", "algo.buffer_episodes", "algo.buffer_size", "algo.batch_size")
 SPLIT_EXACT = ("env.num_envs", "algo.batch_episodes", "algo.batch_size")  # must divide by K (same global batch)
 RANK_LOCAL_LEARNER_KEYS = ("replay", "credit")  # learner state that differs per rank (checkpointed per rank)
-_OWNED = {"group": False}  # setup() started the process group (so teardown() may end it)
+_OWNED = {"group": False, "broken": False}  # setup() started the group (teardown() may end it); a collective failed
 
 
 # ----------------------------------------------------------------------------- who am I
@@ -116,8 +120,25 @@ def _seed_dir(cfg: DictConfig) -> Path:
         return results.seed_dir(cfg)
 
 
+def _root_cause(exc: Any) -> tuple[int, Any]:
+    """The rank that failed first *in cause*, not in the agent's one-second timestamps.
+
+    When one rank is killed, the others see their collective fail and exit (code 2, SIGABRT from
+    gloo's teardown, or SIGTERM from the agent) in the same monitor tick; the killed rank is the one to name. Order:
+    killed by a signal other than SIGABRT or SIGTERM (the agent's own stop), then other exit codes,
+    then those two signals, then code 2.
+    """
+    def order(item: tuple[int, Any]) -> tuple[int, int, int]:
+        r, f = item
+        code = int(f.exitcode)
+        kind = 0 if code < 0 and code not in (-6, -15) else 3 if code == 2 else 2 if code < 0 else 1
+        return kind, int(f.timestamp), r
+
+    return min(exc.failures.items(), key=order)
+
+
 def _failure_line(exc: Any, k: int, out: Path) -> str:
-    r, failure = exc.get_first_failure()
+    r, failure = _root_cause(exc)
     code = failure.exitcode
     how = (f"killed by signal {-code}" if code < 0 else "stopped with the error above" if code == 2
            else f"exited with code {code}")
@@ -174,7 +195,8 @@ def finish() -> None:
 def teardown() -> None:
     """Leave the process group this module joined (one started by the caller stays theirs)."""
     if _OWNED["group"] and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        if not _OWNED["broken"]:  # destroying a group whose peer died can std::terminate
+            dist.destroy_process_group()
         _OWNED["group"] = False
 
 
@@ -211,7 +233,8 @@ def _guard(what: str) -> Iterator[None]:
         if not active():
             raise
         msg = " ".join(str(exc).split())[:160]
-        raise TrainingError(f"rank {rank()}: {what} across {world_size()} processes failed ({msg}); "
+        _OWNED["broken"] = True
+        raise CollectiveError(f"rank {rank()}: {what} across {world_size()} processes failed ({msg}); "
                             "another rank died or hung past dist.timeout") from None
 
 
@@ -424,6 +447,7 @@ def worker_main(argv: list[str]) -> int:
     """One rank started by :func:`launch`: ``python -m marlcli.distributed CONFIG.yaml``."""
     from marlcli.cliutil import fail
     from marlcli.config import RootConfig
+    from marlcli.distributed import CollectiveError  # this file runs as __main__: the class the trainer raises
     from marlcli.errors import MarlError
     from marlcli.trainer import train
 
@@ -431,6 +455,11 @@ def worker_main(argv: list[str]) -> int:
     cfg = OmegaConf.merge(OmegaConf.structured(RootConfig), OmegaConf.load(argv[0]))  # typed, as Hydra composes it
     try:
         train(cfg)
+    except CollectiveError as exc:  # the group is broken: its destructors may std::terminate (SIGABRT)
+        code = fail("train", str(exc))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     except MarlError as exc:
         return fail("train", f"rank {os.environ.get('RANK', '?')}: {exc}")
     return 0

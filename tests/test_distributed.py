@@ -245,6 +245,21 @@ def test_killed_rank_ends_the_run_with_one_line(tmp_path: Path) -> None:
     results.load_checkpoint(latest, results.RESUME_KEYS)  # a usable last checkpoint
 
 
+def test_the_killed_rank_is_named_whatever_the_others_died_of() -> None:
+    """Peers of a killed rank fail in the same monitor tick (code 2, SIGABRT, SIGTERM): name the killed one."""
+    from types import SimpleNamespace
+
+    from marlcli.distributed import _root_cause
+
+    def failures(**codes: int) -> SimpleNamespace:
+        return SimpleNamespace(failures={int(r[1:]): SimpleNamespace(exitcode=c, timestamp=7) for r, c in codes.items()})
+
+    assert _root_cause(failures(r0=-6, r1=-9))[0] == 1
+    assert _root_cause(failures(r0=-15, r1=2, r2=-11))[0] == 2
+    assert _root_cause(failures(r0=2, r1=1))[0] == 1  # a crash (code 1) before a rank's one-line error
+    assert _root_cause(failures(r0=2, r1=2))[0] == 0
+
+
 def test_env_copies_must_split_over_the_ranks(tmp_path: Path) -> None:
     from marlcli.errors import ConfigError
 

@@ -90,12 +90,12 @@ def test_discrete_channel_emits_exact_bits_and_trains_through_them(compose_cfg) 
     enc = actor.encoder
     outputs(actor, obs, avail)[:, 0].sum().backward()
     bits = enc.last_sent
-    assert bits.shape[-1] == 3 and set(bits.unique().tolist()) <= {0.0, 1.0}
-    assert obs.grad[:, 1:].abs().sum() > 0  # straight-through: the sigmoid's gradient reaches the senders
+    assert bits.shape[-1] == 3 and set(bits.unique().tolist()) <= {-1.0, 1.0}
+    assert obs.grad[:, 1:].abs().sum() > 0  # straight-through: the tanh's gradient reaches the senders
     actor.eval()
     with torch.no_grad():
         actor.act(obs, avail, None, True)
-    assert set(enc.last_sent.unique().tolist()) <= {0.0, 1.0}
+    assert set(enc.last_sent.unique().tolist()) <= {-1.0, 1.0}
 
 
 def test_dropout_one_equals_the_cut_and_zero_changes_nothing(compose_cfg) -> None:

@@ -16,9 +16,11 @@ Because the messages flow inside the actor's forward over all N agents, PPO's ra
 the joint forward and a TD loss back-propagates into the senders, with no change to the
 families. Replay stores the observations, which is all a message is computed from.
 
-``bits > 0`` makes messages discrete: the forward pass always emits hard {0, 1} bits, at
-training and at evaluation, and the backward pass uses the sigmoid's gradient (straight-through
-estimator, Bengio et al. 2013). No Gumbel noise: a fresh draw at collection, at PPO's old and at
+``bits > 0`` makes messages discrete: the forward pass always emits hard bits, at training and
+at evaluation, and the backward pass uses the tanh's gradient (straight-through estimator,
+Bengio et al. 2013). A bit is sent as -1 or +1, so that silence (a lost message, or nobody in
+range) reads 0 and a listener can tell "no message" from either bit value; with {0, 1} bits a
+lost message read as bit 0. No Gumbel noise: a fresh draw at collection, at PPO's old and at
 its new log-probabilities would compare three different channels in the ratio (on env=reference
 logistic noise made 2-bit runs worse: 2.4-5.2 against 5.1-7.5 without, 3 seeds).
 ``dropout`` drops each sender->receiver message with probability p, at training and at
@@ -112,8 +114,9 @@ class CommEncoder(nn.Module):
         logits = self.message[r](h)
         if not self.bits:
             return torch.tanh(logits)
-        soft = torch.sigmoid(logits)
-        return (logits > 0).to(logits.dtype) + (soft - soft.detach())  # exact bits forward, sigmoid gradient
+        soft = torch.tanh(logits)
+        hard = torch.where(logits > 0, 1.0, -1.0).to(logits.dtype)
+        return hard + (soft - soft.detach())  # exact ±1 bits forward, tanh gradient
 
     def forward(self, obs: Tensor, extra: Tensor | None = None) -> Tensor:
         x = self.base(obs, extra)
@@ -147,7 +150,7 @@ def comm_stats(actor: nn.Module) -> dict[str, float]:
                 out[f"comm/mean_{d}"] = float(mean[d])
                 out[f"comm/std_{d}"] = float(std[d])
             if m.bits:
-                p = mean.clamp(1e-6, 1 - 1e-6)
+                p = ((mean + 1) / 2).clamp(1e-6, 1 - 1e-6)  # share of +1 bits
                 ent = -(p * p.log2() + (1 - p) * (1 - p).log2())
                 out["comm/bit_entropy"] = float(ent.mean())
             break

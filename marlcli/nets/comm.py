@@ -98,20 +98,19 @@ class CommEncoder(nn.Module):
         self.size = self.bits or int(comm.size)  # a discrete message is `bits` bits
         self.cut = bool(comm.get("cut", False))
         f = int(base.out_dim)  # type: ignore[arg-type]
-        # round r's message from [own features | received in round r-1] (zeros in round 1)
-        self.message = nn.ModuleList(GroupLinear(f + self.size, self.size, groups, gain=1.0)
-                                     for _ in range(self.rounds))
-        if self.kind == "tarmac":
-            self.key = nn.ModuleList(GroupLinear(f + self.size, self.size, groups, gain=1.0)
-                                     for _ in range(self.rounds))
-            self.query = nn.ModuleList(GroupLinear(f + self.size, self.size, groups, gain=1.0)
-                                       for _ in range(self.rounds))
+        # round r's message from [own features | received in round r-1] (zeros in round 1); tarmac's
+        # value, key and query come from one layer (one matmul instead of three: the channel's cost)
+        width = self.size * (3 if self.kind == "tarmac" else 1)
+        self.message = nn.ModuleList(GroupLinear(f + self.size, width, groups, gain=1.0) for _ in range(self.rounds))
         self.out_dim = f + self.size
         self.last_sent: Tensor | None = None  # the latest messages (detached), for comm/... statistics
 
     def emit(self, h: Tensor, r: int) -> Tensor:
-        """Messages ``[..., N, size]`` of every sender in round r: tanh-bounded, or hard bits."""
-        logits = self.message[r](h)
+        """Messages ``[..., N, size]`` of every sender in round r from ``h = [features | received]``."""
+        return self._signal(self.message[r](h)[..., :self.size])
+
+    def _signal(self, logits: Tensor) -> Tensor:
+        """Message logits -> messages: tanh-bounded, or hard bits."""
         if not self.bits:
             return torch.tanh(logits)
         soft = torch.tanh(logits)
@@ -127,13 +126,14 @@ class CommEncoder(nn.Module):
         for r in range(self.rounds):
             if self.dropout > 0:  # each message lost on its own, also at evaluation
                 hear = hear * (torch.rand_like(hear) >= self.dropout).to(hear.dtype)
-            h = torch.cat([x, received], -1)
-            sent = self.emit(h, r)
+            out = self.message[r](torch.cat([x, received], -1))
+            sent = self._signal(out[..., :self.size])
             self.last_sent = sent.detach()
             if self.kind == "commnet":
                 received = hear @ sent / hear.sum(-1, keepdim=True).clamp(min=1.0)
             else:  # tarmac: softmax over the senders a receiver hears
-                score = self.query[r](h) @ self.key[r](h).transpose(-1, -2) / math.sqrt(self.size)
+                key, query = out[..., self.size:2 * self.size], out[..., 2 * self.size:]
+                score = query @ key.transpose(-1, -2) / math.sqrt(self.size)
                 w = torch.softmax(score.masked_fill(hear == 0, -1e9), -1) * hear  # nobody heard -> zeros
                 received = w @ sent
         return torch.cat([x, received], -1)

@@ -1,20 +1,22 @@
 """Do learned messages carry what only one agent sees? (issue 19)
 
     python experiments/emergent_communication/run.py [results_dir=results/experiments/emergent_communication]
-        [seeds=5] [steps=6400] [episodes=1000] [tasks=reference,reference3] [threads=1]
+        [seeds=5] [steps=25600] [episodes=1000] [tasks=reference,reference3,reference_k2] [threads=1]
 
 Tasks (``env=reference``, marlcli/envs/native/reference.py): agent 0 sees a goal out of K = 4, the
 listeners must pick it; a new goal every step, T = 10 steps, team reward = fraction of listeners right.
 Optimum T = 10 (the speaker tells), best without a channel T/K = 2.5 (chance). ``reference`` has one
-listener, ``reference3`` three (N = 4). MAPPO (64 env copies), seeds 100.., per task:
+listener, ``reference3`` three (N = 4), ``reference_k2`` one listener and K = 2 goals (one bit says it all:
+optimum 10, chance 5). MAPPO (64 env copies), seeds 100.., per task:
 
 * ``comm_on``: ``comm=commnet`` (16 continuous numbers per message), evaluated as trained;
 * ``comm_off``: trained without a channel (``comm=none``);
 * ``comm_cut``: the comm_on actors evaluated with the channel cut (``marl eval PATH comm=off``);
-* ``bits_dropout``: ``comm.bits=2 comm.dropout=0.2`` (two hard bits, each message lost with p = 0.2 at
-  training and evaluation); ``bits_kept`` = (bits_dropout - comm_off) / (comm_on - comm_off);
-* ``mi_bits``: mutual information (bits) between the speaker's 2-bit message and the goal, per bit and
-  jointly (log2 K = 2 is all there is to say), on the evaluation episodes of the bits runs.
+* ``bits_dropout``: ``comm.bits=log2(K) comm.dropout=0.2`` (hard ±1 bits, each message lost with p = 0.2 at
+  training and evaluation); ``bits_kept`` = (bits_dropout - comm_off) / (comm_on - comm_off), of which 0.8 is
+  the most a listener can keep when a fifth of the messages are lost (``bits_ceiling``);
+* ``mi_bits``: mutual information (bits) between the speaker's message and the goal, per bit and jointly
+  (log2 K is all there is to say), on the evaluation episodes of the bits runs.
 
 Also the cost of a channel: actor forward time per env-step at N = 10 (spread, 512 copies), tarmac and
 commnet against no channel. Evaluation seed 9000, ``episodes`` episodes. Writes results.json (per seed),
@@ -42,9 +44,18 @@ from marlcli.envs import make_env
 from marlcli.nets.comm import CommEncoder
 from marlcli.trainer import train
 
-TASKS = {"reference": ["env=reference", "env.N=2"], "reference3": ["env=reference", "env.N=4"]}
+TASKS = {"reference": ["env=reference", "env.N=2"], "reference3": ["env=reference", "env.N=4"],
+         "reference_k2": ["env=reference", "env.N=2", "env.goals=2"]}
 VARIANTS = {"comm_on": ["comm=commnet"], "comm_off": ["comm=none"],
-            "bits_dropout": ["comm=commnet", "comm.bits=2", "comm.dropout=0.2"]}
+            "bits_dropout": ["comm=commnet", "comm.dropout=0.2"]}  # + comm.bits=log2(goals): all there is to say
+
+
+def variant(task: str, name: str) -> list[str]:
+    """The overrides of ``name`` on ``task``: the bits variant sends log2(goals) bits (1 on reference_k2)."""
+    if name != "bits_dropout":
+        return VARIANTS[name]
+    goals = int(compose(TASKS[task]).env.goals)
+    return [*VARIANTS[name], f"comm.bits={max(1, round(math.log2(goals)))}"]
 EVAL_SEED = 9000
 
 
@@ -52,12 +63,12 @@ def ci95(xs: list[float]) -> float:
     return 1.96 * float(np.std(xs, ddof=1)) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
 
 
-def run(out: Path, task: str, variant: str, seed: int, steps: int) -> Path:
-    cfg = compose([*TASKS[task], *VARIANTS[variant], f"seed={seed}", f"run={task}-{variant}", f"results_dir={out}",
+def run(out: Path, task: str, name: str, seed: int, steps: int) -> Path:
+    cfg = compose([*TASKS[task], *variant(task, name), f"seed={seed}", f"run={task}-{name}", f"results_dir={out}",
                    "env.num_envs=64", "device=cpu", "logger.progress=false", f"train.total_steps={steps}",
                    f"train.eval_interval={steps}", "train.eval_episodes=200", "train.eval_envs=200",
                    "train.checkpoint_interval=1600", "train.log_interval=1600"])
-    seed_dir = out / "reference" / "mappo" / f"{task}-{variant}" / f"seed_{seed}"
+    seed_dir = out / "reference" / "mappo" / f"{task}-{name}" / f"seed_{seed}"
     if (seed_dir / results.DONE_FILE).exists():
         return seed_dir
     return train(cfg)
@@ -88,7 +99,7 @@ def mutual_information(seed_dir: Path, episodes: int) -> list[float]:
             actions, _ = actor.act(ts.obs, ts.avail, None, True)
             msgs.append(enc.last_sent[:, 0].clone())  # the speaker's bits
             ts = env.step(actions)
-    g, m = torch.cat(goals).numpy(), torch.cat(msgs).numpy().astype(int)
+    g, m = torch.cat(goals).numpy(), (torch.cat(msgs).numpy() > 0).astype(int)  # ±1 bits -> 0/1
     codes = [m[:, b] for b in range(m.shape[1])] + [m @ (2 ** np.arange(m.shape[1]))]
     return [mi(c, g) for c in codes]
 
@@ -119,7 +130,7 @@ def plot_progress(progress: dict[str, list[dict[str, list[float]]]], path: Path)
             ax.plot(r["steps"], r["mi"], "o-", color="C0", alpha=0.6, label="I(message; goal)" if i == 0 else None)
             ax.plot(r["log_steps"], r["bit_entropy"], "s--", color="C1", alpha=0.6,
                     label="bit entropy (training)" if i == 0 else None)
-        ax.set_title(f"{task}: 2-bit channel, 20% dropout")
+        ax.set_title(f"{task}: log2(K)-bit channel, 20% dropout")
         ax.set_xlabel("env steps")
         ax.set_ylabel("bits")
         ax.legend(fontsize=8)
@@ -164,8 +175,8 @@ def channel_cost(reps: int = 10, rounds: int = 9) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    opts = {"results_dir": "results/experiments/emergent_communication", "seeds": "5", "steps": "6400",
-            "episodes": "1000", "tasks": "reference,reference3", "threads": "1"}
+    opts = {"results_dir": "results/experiments/emergent_communication", "seeds": "5", "steps": "25600",
+            "episodes": "1000", "tasks": "reference,reference3,reference_k2", "threads": "1"}
     for a in argv:
         k, _, v = a.partition("=")
         if k not in opts:
@@ -176,7 +187,8 @@ def main(argv: list[str]) -> None:
     seeds = [100 + i for i in range(int(opts["seeds"]))]
     per_seed: dict[str, Any] = {}
     progress: dict[str, list[dict[str, list[float]]]] = {}
-    summary: dict[str, Any] = {}
+    old = out / "summary.json"  # spread.py's tasks live in the same file
+    summary: dict[str, Any] = json.loads(old.read_text()) if old.exists() else {}
     for task in opts["tasks"].split(","):
         rows: dict[str, list[float]] = {k: [] for k in ("comm_on", "comm_off", "comm_cut", "bits_dropout")}
         mis: list[list[float]] = []
@@ -198,6 +210,7 @@ def main(argv: list[str]) -> None:
                          "optimum": float(t), "chance": t / k,
                          "gap_closed": gain / (t - mean["comm_off"]) if t > mean["comm_off"] else float("nan"),
                          "bits_kept": (mean["bits_dropout"] - mean["comm_off"]) / gain if gain > 0 else float("nan"),
+                         "bits_ceiling": 0.8, "bits": max(1, round(math.log2(k))),
                          "mi_bits": [float(x) for x in np.mean(mis, 0)], "seeds": seeds, "steps": steps,
                          "episodes": episodes, "eval_seed": EVAL_SEED}
         per_seed[task] = {**rows, "mi_bits": mis}
@@ -205,10 +218,10 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(per_seed, indent=1) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    lines = ["| task | comm-on | comm-off | comm-cut | 2 bits, 20% dropout | optimum | chance | gap closed | "
+    lines = ["| task | comm-on | comm-off | comm-cut | log2(K) bits, 20% dropout | optimum | chance | gap closed | "
              "gain kept (bits) | I(message; goal) bits |", "|" + "---|" * 10]
     for task, s in summary.items():
-        if task.startswith("channel"):
+        if task.startswith("channel") or "bits_dropout" not in s:
             continue
         lines.append(f"| {task} | {s['comm_on']:.2f} ± {s['comm_on_ci95']:.2f} | {s['comm_off']:.2f} ± "
                      f"{s['comm_off_ci95']:.2f} | {s['comm_cut']:.2f} ± {s['comm_cut_ci95']:.2f} | "

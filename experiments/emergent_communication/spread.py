@@ -16,7 +16,8 @@ Message statistics against training: the bit's mean and standard deviation over 
 entropy (``comm/...`` in metrics.jsonl), and at each checkpoint the mutual information between an agent's
 bit and binary features of its own observation (on the evaluation episodes). Bound: the scripted oracle
 (``docs/bench.json`` ``oracle``, full observation) and standing still (about -24). Evaluation seed 9000.
-Writes spread_results.json (per seed), and adds the tasks to summary.json; spread_progress.png.
+Writes spread_results.json (per seed), spread_progress.json/.png, and adds the tasks to summary.json, all in
+results_dir.
 """
 
 from __future__ import annotations
@@ -136,8 +137,8 @@ def main(argv: list[str]) -> None:
     out, steps, episodes = Path(opts["results_dir"]), int(opts["steps"]), int(opts["episodes"])
     seeds = [100 + i for i in range(int(opts["seeds"]))]
     oracle = json.loads((Path(__file__).parents[2] / "docs" / "bench.json").read_text())["oracle"]["return_mean"]
-    here = Path(__file__).parent
-    summary_path = here / "summary.json"
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "summary.json"  # run.py's tasks live in the same file
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     per_seed: dict[str, Any] = {}
     prog: dict[str, list[dict[str, list[float]]]] = {}
@@ -160,10 +161,10 @@ def main(argv: list[str]) -> None:
                          "mi_bit_feature": dict(zip(FEATURES, [float(x) for x in np.mean(infos, 0)], strict=True)),
                          "seeds": seeds, "steps": steps, "episodes": episodes, "eval_seed": EVAL_SEED}
         per_seed[task] = {**rows, "mi_bit_feature": infos}
-    (here / "spread_results.json").write_text(json.dumps(per_seed, indent=1) + "\n")
-    (here / "spread_progress.json").write_text(json.dumps(prog, indent=1) + "\n")
+    (out / "spread_results.json").write_text(json.dumps(per_seed, indent=1) + "\n")
+    (out / "spread_progress.json").write_text(json.dumps(prog, indent=1) + "\n")
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")
-    plot(prog, here / "spread_progress.png")
+    plot(prog, out / "spread_progress.png")
     for task in per_seed:
         s = summary[task]
         print(f"| {task} | {s['comm_on']:.2f} ± {s['comm_on_ci95']:.2f} | {s['comm_off']:.2f} ± {s['comm_off_ci95']:.2f} "

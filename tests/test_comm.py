@@ -180,3 +180,17 @@ def test_one_bit_through_a_lossy_channel_keeps_most_of_the_gain(tmp_path: Path) 
                    "run=bits", "env.num_envs=64", *quiet(tmp_path, 200, total_steps=25_600, eval_interval=25_600)])
     final = eval_records(train(cfg))[-1]["eval/return_mean"]
     assert final > 7.5, final
+
+
+def test_range_graph_on_vmas_positions(compose_cfg) -> None:
+    """VMAS observations that start with the agent's position declare it (EnvSpec.position), so a channel
+    can hear only the agents in range there too."""
+    pytest.importorskip("vmas")
+    out = train(compose_cfg("env=vmas", "env.scenario=navigation", "env.n_agents=3", "comm=tarmac",
+                            "comm.neighbors=nearest", "comm.k=1", "train.total_steps=200", "train.eval_interval=10000"))
+    assert (out / "metrics.jsonl").exists()
+    from marlcli.envs import make_env
+
+    env = make_env(compose_cfg("env=vmas", "env.scenario=navigation").env, 2, 0, torch.device("cpu"))
+    assert env.spec.position == [0, 1]
+    assert torch.allclose(env.reset().obs[..., :2], env.positions())

@@ -134,6 +134,7 @@ class VMASEnv:
             act_low=low,
             act_high=high,
             stats={k: "sum" for k in self._info_keys()},
+            position=_observed_position(obs, agents),
         )
         self._mask = self.spec.action_mask().to(self.device)  # [N, A]
         self._low, self._high = (t.to(self.device) for t in self.spec.bounds())
@@ -398,3 +399,14 @@ def _rng_from_tensors(state: dict[str, Tensor]) -> tuple[list[Any], Tensor | Non
 def make(env_cfg: Any, num_envs: int, seed: int, device: torch.device) -> VMASEnv:
     """``num_envs`` copies of ``env_cfg.scenario`` (see ``conf/env/vmas.yaml``)."""
     return VMASEnv(env_cfg, num_envs, seed, device)
+
+
+def _observed_position(obs: list[Tensor], agents: list[Any]) -> list[int]:
+    """``[0, 1]`` when every agent's observation starts with its own position (most VMAS scenarios:
+    navigation, balance, flocking, ...), checked on the reset observation; else ``[]`` (no range graph)."""
+    try:
+        same = all(o.shape[1] >= 2 and torch.allclose(o[:, :2].float(), a.state.pos.float(), atol=1e-5)
+                   for o, a in zip(obs, agents, strict=True))
+    except (AttributeError, RuntimeError):
+        return []
+    return [0, 1] if same else []

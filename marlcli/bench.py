@@ -12,6 +12,8 @@ Sections (``--sections``, comma separated; results merge into ``<out>/bench.json
 - ``common``: only that held-out evaluation, for the ``ttr`` runs already on disk.
 - ``swarm``: MAPPO training cost per env-step on swarm spread at N = 3, 10, 30, 100
   (``marlcli/bench_swarm.py``; issue 17: linear in N with neighbour-limited observations).
+- ``comm``: the cost of a message channel (commnet, tarmac) against none at N = 10: actor forward and
+  training loop per env-step (``marlcli/bench_swarm.py``, issue 19).
 - ``oracle``: the scripted assignment controller (``marlcli/bench_oracle.py``) on the same
   held-out episodes, its one parameter tuned on a separate tuning set.
 
@@ -306,6 +308,16 @@ def markdown(bench: dict[str, Any], title: bool = True) -> str:
             lines.append(f"| {actor} | " + " | ".join(
                 f"{per[n]:,.0f} ({sw['us_per_agent_step'][actor][n]:,.0f})" for n in ns) + " |")
         lines.append("")
+    cc = bench.get("channel_cost")
+    if cc:
+        lines += [f"## Cost of a message channel at N = {cc['N']} (issue 19)", "",
+                  f"Actor forward per env-step ({cc['copies']} spread copies, fastest of interleaved rounds) and the "
+                  f"whole MAPPO training loop per env-step on swarm spread; {cc['torch_threads']} torch thread(s).", "",
+                  "| comm | actor forward (ms) | x plain | training loop (µs/env-step) | x plain |", "|---|---|---|---|---|"]
+        for c, ms in cc["act_ms"].items():
+            ar, tr = cc["act_ratio"].get(c, 1.0), cc["train_ratio"].get(c, 1.0)
+            lines.append(f"| {c} | {ms:.2f} | {ar:.2f} | {cc['train_us_per_env_step'][c]:,.0f} | {tr:.2f} |")
+        lines.append("")
     be = bench.get("backends")
     if be:
         lines += ["## Time to -16 on spread, native vs mpe2 backend (shipped defaults)", "",
@@ -389,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m marlcli.bench", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/bench", help="output folder (runs/, logs/, bench.json, bench.md)")
     p.add_argument("--sections", default="env,vmas,backends,oracle,ttr",
-                   help="env, vmas, swarm, backends, oracle, ttr, common (comma separated)")
+                   help="env, vmas, swarm, comm, backends, oracle, ttr, common (comma separated)")
     p.add_argument("--algos", default="vdn,qmix,iql,mappo", help="algorithms of the ttr section")
     p.add_argument("--seeds", default=SEEDS, help="training seeds, e.g. 100-104 or 100,101 (tuning used 0-4)")
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED,
@@ -417,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print("swarm spread: training cost per env-step vs N ...")
             bench["swarm_scaling"] = swarm_scaling()
+        if "comm" in sections:
+            from marlcli.bench_swarm import channel_cost
+
+            print("cost of a message channel at N = 10 ...")
+            bench["channel_cost"] = channel_cost()
         if "vmas" in sections:
             from marlcli.bench_envs import vmas_throughput
 

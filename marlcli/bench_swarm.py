@@ -21,20 +21,26 @@ SWARM = ["env=spread", "env.num_agent_neighbors=3", "env.num_landmark_neighbors=
          "sharing.agent_id=false", "critic=set"]
 
 
+ACTORS = {"mlp": ["actor=mlp"], "deepsets": ["actor=deepsets"]}
+CHANNELS = {"none": ["comm=none"], "commnet": ["comm=commnet"], "tarmac": ["comm=tarmac"]}
+
+
 def swarm_scaling(n_values: tuple[int, ...] = (3, 10, 30, 100), num_envs: int = 64, updates: int = 6,
-                  actors: tuple[str, ...] = ("mlp", "deepsets")) -> dict[str, Any]:
-    """``{"us_per_env_step": {actor: {N: µs}}, "us_per_agent_step": {actor: {N: µs}}, ...}``."""
+                  variants: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """``{"us_per_env_step": {variant: {N: µs}}, "us_per_agent_step": {variant: {N: µs}}, ...}``.
+
+    ``variants``: label -> overrides (default: the mlp and deepsets actors)."""
     from marlcli.config import compose
     from marlcli.results import read_metrics
     from marlcli.trainer import train
 
     per_step: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for actor in actors:
+        for actor, extra in (variants or ACTORS).items():
             per_step[actor] = {}
             for n in n_values:
                 chunk = 25 * num_envs
-                cfg = compose([*SWARM, f"actor={actor}", f"env.N={n}", f"env.num_envs={num_envs}",
+                cfg = compose([*SWARM, *extra, f"env.N={n}", f"env.num_envs={num_envs}",
                                f"results_dir={tmp}", f"run={actor}_{n}", "device=cpu", "logger.progress=false",
                                f"train.total_steps={chunk * updates}", f"train.log_interval={chunk}",
                                "train.eval_interval=0", "train.eval_episodes=1", "train.eval_envs=1",
@@ -45,6 +51,43 @@ def swarm_scaling(n_values: tuple[int, ...] = (3, 10, 30, 100), num_envs: int = 
     return {"us_per_env_step": per_step,
             "us_per_agent_step": {a: {n: v / int(n) for n, v in d.items()} for a, d in per_step.items()},
             "num_envs": num_envs, "updates": updates, "torch_threads": torch.get_num_threads()}
+
+
+def channel_cost(n: int = 10, copies: int = 512, reps: int = 10, rounds: int = 9) -> dict[str, Any]:
+    """The price of a message channel at N agents (issue 19), two ways, against no channel:
+
+    * ``act_ms``: the actor's forward per env-step (``copies`` spread copies), acting as in collection;
+    * ``train_us_per_env_step``: the whole training loop per env-step (swarm spread, MAPPO), as above.
+
+    The forward timings interleave the three actors ``rounds`` times and keep each one's fastest
+    round, so a busy spell slows all of them instead of whichever ran during it."""
+    import math
+    import time
+
+    from marlcli.algos import load_family
+    from marlcli.config import compose
+    from marlcli.envs import make_env
+
+    actors, best = {}, {}
+    for comm, extra in CHANNELS.items():
+        cfg = compose(["env=spread", f"env.N={n}", *extra])
+        env = make_env(cfg.env, copies, 0, torch.device("cpu"))
+        actors[comm], best[comm] = load_family(cfg.algo).make_actor(env.spec, cfg), math.inf
+    ts = env.reset()
+    with torch.no_grad():
+        for _ in range(rounds):
+            for comm, actor in actors.items():
+                actor.act(ts.obs, ts.avail, None, False)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    actor.act(ts.obs, ts.avail, None, False)
+                best[comm] = min(best[comm], 1000 * (time.perf_counter() - t0) / reps)
+    loop = swarm_scaling((n,), variants=CHANNELS)["us_per_env_step"]
+    train_us = {c: loop[c][str(n)] for c in CHANNELS}
+    return {"N": n, "copies": copies, "act_ms": best, "train_us_per_env_step": train_us,
+            "act_ratio": {c: best[c] / best["none"] for c in ("commnet", "tarmac")},
+            "train_ratio": {c: train_us[c] / train_us["none"] for c in ("commnet", "tarmac")},
+            "torch_threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":

@@ -166,3 +166,14 @@ def test_oracle_return_far_above_standing_still() -> None:
     assert still["eval/return_mean"] < -20.0
     assert ours["return_mean"] > -9.5 and ours["return_mean"] > still["eval/return_mean"] + 12
     assert ours["landmarks_covered"] > 2.5
+
+
+def test_channel_cost_section(monkeypatch) -> None:
+    """The comm section times the three channels the same way and renders its table."""
+    from marlcli import bench_swarm
+
+    monkeypatch.setattr(bench_swarm, "swarm_scaling", lambda ns, variants: {"us_per_env_step": {
+        c: {str(ns[0]): 10.0 * (i + 1)} for i, c in enumerate(variants)}})
+    cc = bench_swarm.channel_cost(n=4, copies=8, reps=1, rounds=1)
+    assert set(cc["act_ms"]) == {"none", "commnet", "tarmac"} and cc["train_ratio"] == {"commnet": 2.0, "tarmac": 3.0}
+    assert "Cost of a message channel at N = 4" in bench.markdown({"channel_cost": cc})

@@ -18,8 +18,8 @@ optimum 10, chance 5). MAPPO (64 env copies), seeds 100.., per task:
 * ``mi_bits``: mutual information (bits) between the speaker's message and the goal, per bit and jointly
   (log2 K is all there is to say), on the evaluation episodes of the bits runs.
 
-Also the cost of a channel: actor forward time per env-step at N = 10 (spread, 512 copies), tarmac and
-commnet against no channel. Evaluation seed 9000, ``episodes`` episodes. Writes results.json (per seed),
+The cost of a channel is a benchmark: ``make bench ARGS="--sections comm"`` (docs/bench.json).
+Evaluation seed 9000, ``episodes`` episodes. Writes results.json (per seed),
 summary.json (per task: comm_on, comm_off, comm_cut, optimum, chance), results.md, progress.json and
 channel_progress.png (I(message; goal) at every checkpoint and the bits' entropy logged in training, against
 env steps, per seed) into results_dir.
@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -148,32 +147,6 @@ def mi(x: np.ndarray, y: np.ndarray) -> float:
     return float((joint[nz] * np.log2(joint[nz] / (px @ py)[nz])).sum())
 
 
-def channel_cost(reps: int = 10, rounds: int = 9) -> dict[str, float]:
-    """Actor forward time per env-step (ms for 512 copies) at N = 10 on spread: the price of a channel.
-
-    The three actors are timed in turn, ``rounds`` times, and each keeps its fastest round, so a
-    busy machine slows them alike instead of whichever ran during the busy spell."""
-    from marlcli.algos import load_family
-
-    actors, best = {}, {}
-    for comm in ("none", "commnet", "tarmac"):
-        cfg = compose(["env=spread", "env.N=10", f"comm={comm}"])
-        env = make_env(cfg.env, 512, 0, torch.device("cpu"))
-        actors[comm], best[comm] = load_family(cfg.algo).make_actor(env.spec, cfg), math.inf
-    ts = env.reset()
-    with torch.no_grad():
-        for _ in range(rounds):
-            for comm, actor in actors.items():
-                actor.act(ts.obs, ts.avail, None, False)
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    actor.act(ts.obs, ts.avail, None, False)
-                best[comm] = min(best[comm], 1000 * (time.perf_counter() - t0) / reps)
-    out = dict(best)
-    out["commnet_ratio"], out["tarmac_ratio"] = out["commnet"] / out["none"], out["tarmac"] / out["none"]
-    return out
-
-
 def main(argv: list[str]) -> None:
     opts = {"results_dir": "results/experiments/emergent_communication", "seeds": "5", "steps": "25600",
             "episodes": "1000", "tasks": "reference,reference3,reference_k2", "threads": "1"}
@@ -214,7 +187,6 @@ def main(argv: list[str]) -> None:
                          "mi_bits": [float(x) for x in np.mean(mis, 0)], "seeds": seeds, "steps": steps,
                          "episodes": episodes, "eval_seed": EVAL_SEED}
         per_seed[task] = {**rows, "mi_bits": mis}
-    summary["channel_cost_ms_n10"] = channel_cost()
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(per_seed, indent=1) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -227,10 +199,6 @@ def main(argv: list[str]) -> None:
                      f"{s['comm_off_ci95']:.2f} | {s['comm_cut']:.2f} ± {s['comm_cut_ci95']:.2f} | "
                      f"{s['bits_dropout']:.2f} ± {s['bits_dropout_ci95']:.2f} | {s['optimum']:.0f} | {s['chance']:.1f} | "
                      f"{s['gap_closed']:.2f} | {s['bits_kept']:.2f} | {s['mi_bits'][-1]:.2f} |")
-    c = summary["channel_cost_ms_n10"]
-    lines.append(f"\nActor forward per env-step at N = 10 (512 copies): none {c['none']:.2f} ms, commnet "
-                 f"{c['commnet']:.2f} ms ({c['commnet_ratio']:.2f}x), tarmac {c['tarmac']:.2f} ms "
-                 f"({c['tarmac_ratio']:.2f}x).")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "progress.json").write_text(json.dumps(progress, indent=1) + "\n")
     plot_progress(progress, out / "channel_progress.png")

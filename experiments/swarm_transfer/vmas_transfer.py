@@ -11,8 +11,8 @@ more crowded. MAPPO with one actor shared by every agent and no one-hot agent id
 (``sharing=all sharing.agent_id=false``), trained at ``train_n``; every seed's actor is evaluated
 at each N of ``eval_ns`` through ``marl eval PATH env.n_agents=M``'s code path, beside a uniform
 random policy on the same episodes (evaluation seed 9000). With ``retrain_ns`` (e.g. ``6``),
-policies trained at those N give the normalized transfer score
-(zero-shot - random) / (retrained - random). Writes ``results.json`` into ``out``.
+policies trained at those N (every seed) give the normalized transfer score
+(mean zero-shot - random) / (mean retrained - random), with a 95% CI over the per-seed ratios. Writes ``results.json`` into ``out``.
 """
 
 from __future__ import annotations
@@ -98,15 +98,18 @@ def main(argv: list[str]) -> None:
                                                       overrides=[f"env.n_agents={m}"], write=False)[0]["return_mean"]
                                         for d in dirs]
             print(m, res["random"][str(m)], res["zero_shot"][str(m)], flush=True)
-        for m in retrain_ns:
-            d = trained(m, seeds[0], steps, Path(tmp))
-            res["retrained"][str(m)] = evaluate_path(d, episodes=episodes, seed=EVAL_SEED, envs=episodes,
-                                                     write=False)[0]["return_mean"]
-    score = {}
+        for m in retrain_ns:  # every seed retrained at m: the score's denominator has its own seed noise
+            res["retrained"][str(m)] = [evaluate_path(trained(m, s, steps, Path(tmp)), episodes=episodes,
+                                                      seed=EVAL_SEED, envs=episodes, write=False)[0]["return_mean"]
+                                        for s in seeds]
+            print("retrained", m, res["retrained"][str(m)], flush=True)
+    score, ci = {}, {}
     for m, r in res["retrained"].items():
-        zs = sum(res["zero_shot"][m]) / len(seeds)
-        score[m] = (zs - res["random"][m]) / (r - res["random"][m])
-    res["transfer_score"] = score
+        zs, rt = sum(res["zero_shot"][m]) / len(seeds), sum(r) / len(r)
+        score[m] = (zs - res["random"][m]) / (rt - res["random"][m])
+        per = [(z - res["random"][m]) / (x - res["random"][m]) for z, x in zip(res["zero_shot"][m], r, strict=True)]
+        ci[m] = 1.96 * float(torch.tensor(per).std()) / len(per) ** 0.5 if len(per) > 1 else 0.0
+    res["transfer_score"], res["transfer_score_ci95_per_seed_pairs"] = score, ci
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))

@@ -12,7 +12,8 @@ more crowded. MAPPO with one actor shared by every agent and no one-hot agent id
 at each N of ``eval_ns`` through ``marl eval PATH env.n_agents=M``'s code path, beside a uniform
 random policy on the same episodes (evaluation seed 9000). With ``retrain_ns`` (e.g. ``6``),
 policies trained at those N (every seed) give the normalized transfer score
-(mean zero-shot - random) / (mean retrained - random), with a 95% CI over the per-seed ratios. Writes ``results.json`` into ``out``.
+(mean zero-shot - random) / (mean retrained - random), with a 95% CI over the per-seed ratios.
+Writes ``results.json`` into ``out``.
 """
 
 from __future__ import annotations

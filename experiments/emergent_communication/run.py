@@ -15,6 +15,8 @@ optimum 10, chance 5). MAPPO (64 env copies), seeds 100.., per task:
 * ``bits_dropout``: ``comm.bits=log2(K) comm.dropout=0.2`` (hard ±1 bits, each message lost with p = 0.2 at
   training and evaluation); ``bits_kept`` = (bits_dropout - comm_off) / (comm_on - comm_off), of which 0.8 is
   the most a listener can keep when a fifth of the messages are lost (``bits_ceiling``);
+* ``bits_tarmac``: the same discrete, lossy channel with ``comm=tarmac`` (attention can single out the speaker,
+  where CommNet's mean mixes in the listeners' own constant bits);
 * ``mi_bits``: mutual information (bits) between the speaker's message and the goal, per bit and jointly
   (log2 K is all there is to say), on the evaluation episodes of the bits runs.
 
@@ -46,12 +48,13 @@ from marlcli.trainer import train
 TASKS = {"reference": ["env=reference", "env.N=2"], "reference3": ["env=reference", "env.N=4"],
          "reference_k2": ["env=reference", "env.N=2", "env.goals=2"]}
 VARIANTS = {"comm_on": ["comm=commnet"], "comm_off": ["comm=none"],
-            "bits_dropout": ["comm=commnet", "comm.dropout=0.2"]}  # + comm.bits=log2(goals): all there is to say
+            "bits_dropout": ["comm=commnet", "comm.dropout=0.2"],  # + comm.bits=log2(goals): all there is to say
+            "bits_tarmac": ["comm=tarmac", "comm.dropout=0.2"]}
 
 
 def variant(task: str, name: str) -> list[str]:
     """The overrides of ``name`` on ``task``: the bits variant sends log2(goals) bits (1 on reference_k2)."""
-    if name != "bits_dropout":
+    if not name.startswith("bits"):
         return VARIANTS[name]
     goals = int(compose(TASKS[task]).env.goals)
     return [*VARIANTS[name], f"comm.bits={max(1, round(math.log2(goals)))}"]
@@ -163,7 +166,8 @@ def main(argv: list[str]) -> None:
     old = out / "summary.json"  # spread.py's tasks live in the same file
     summary: dict[str, Any] = json.loads(old.read_text()) if old.exists() else {}
     for task in opts["tasks"].split(","):
-        rows: dict[str, list[float]] = {k: [] for k in ("comm_on", "comm_off", "comm_cut", "bits_dropout")}
+        rows: dict[str, list[float]] = {k: [] for k in ("comm_on", "comm_off", "comm_cut", "bits_dropout",
+                                                          "bits_tarmac")}
         mis: list[list[float]] = []
         for seed in seeds:
             on = run(out, task, "comm_on", seed, steps)
@@ -172,6 +176,7 @@ def main(argv: list[str]) -> None:
             rows["comm_off"].append(evaluate(run(out, task, "comm_off", seed, steps), episodes))
             bits = run(out, task, "bits_dropout", seed, steps)
             rows["bits_dropout"].append(evaluate(bits, episodes))
+            rows["bits_tarmac"].append(evaluate(run(out, task, "bits_tarmac", seed, steps), episodes))
             mis.append(mutual_information(bits, episodes))
             progress.setdefault(task, []).append(channel_progress(bits, episodes))
             print(task, seed, {k: v[-1] for k, v in rows.items()}, "MI", [round(x, 3) for x in mis[-1]], flush=True)
@@ -183,6 +188,7 @@ def main(argv: list[str]) -> None:
                          "optimum": float(t), "chance": t / k,
                          "gap_closed": gain / (t - mean["comm_off"]) if t > mean["comm_off"] else float("nan"),
                          "bits_kept": (mean["bits_dropout"] - mean["comm_off"]) / gain if gain > 0 else float("nan"),
+                         "bits_tarmac_kept": (mean["bits_tarmac"] - mean["comm_off"]) / gain if gain > 0 else float("nan"),
                          "bits_ceiling": 0.8, "bits": max(1, round(math.log2(k))),
                          "mi_bits": [float(x) for x in np.mean(mis, 0)], "seeds": seeds, "steps": steps,
                          "episodes": episodes, "eval_seed": EVAL_SEED}
@@ -190,15 +196,17 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(per_seed, indent=1) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    lines = ["| task | comm-on | comm-off | comm-cut | log2(K) bits, 20% dropout | optimum | chance | gap closed | "
-             "gain kept (bits) | I(message; goal) bits |", "|" + "---|" * 10]
+    lines = ["| task | comm-on | comm-off | comm-cut | log2(K) bits, 20% dropout | same, tarmac | optimum | chance | "
+             "gap closed | gain kept (bits: commnet, tarmac) | I(message; goal) bits |", "|" + "---|" * 11]
     for task, s in summary.items():
         if task.startswith("channel") or "bits_dropout" not in s:
             continue
         lines.append(f"| {task} | {s['comm_on']:.2f} ± {s['comm_on_ci95']:.2f} | {s['comm_off']:.2f} ± "
                      f"{s['comm_off_ci95']:.2f} | {s['comm_cut']:.2f} ± {s['comm_cut_ci95']:.2f} | "
-                     f"{s['bits_dropout']:.2f} ± {s['bits_dropout_ci95']:.2f} | {s['optimum']:.0f} | {s['chance']:.1f} | "
-                     f"{s['gap_closed']:.2f} | {s['bits_kept']:.2f} | {s['mi_bits'][-1]:.2f} |")
+                     f"{s['bits_dropout']:.2f} ± {s['bits_dropout_ci95']:.2f} | "
+                     f"{s['bits_tarmac']:.2f} ± {s['bits_tarmac_ci95']:.2f} | {s['optimum']:.0f} | {s['chance']:.1f} | "
+                     f"{s['gap_closed']:.2f} | {s['bits_kept']:.2f}, {s['bits_tarmac_kept']:.2f} | "
+                     f"{s['mi_bits'][-1]:.2f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "progress.json").write_text(json.dumps(progress, indent=1) + "\n")
     plot_progress(progress, out / "channel_progress.png")

@@ -81,60 +81,72 @@ def evaluate(seed_dir: Path, episodes: int, overrides: list[str] | None = None) 
                                write=False)[0]["return_mean"])
 
 
-def mutual_information(seed_dir: Path, episodes: int) -> list[float]:
-    """I(bit_b ; goal) per bit and I(message ; goal) jointly, from the speaker's messages at evaluation.
-
-    ``seed_dir`` may also be one ``step_<n>.pt`` (the channel at that point of training)."""
+def rollout_messages(path: Path, episodes: int, observe: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Play ``episodes`` evaluation episodes with the actor at ``path`` (a seed dir or one ``step_<n>.pt``);
+    returns ``observe(obs, cfg)`` and the hard messages ``last_sent > 0`` of every step, stacked over steps."""
     from marlcli.algos import load_family
 
-    payload = results.load_checkpoint(seed_dir)
+    payload = results.load_checkpoint(path)
     cfg = results.checkpoint_config(payload)
     env = make_env(cfg.env, episodes, EVAL_SEED, torch.device("cpu"))
     actor = load_family(cfg.algo).make_actor(env.spec, cfg)
     results.restore(actor, payload["actor"], "actor", payload)
     actor.eval()
     enc = next(m for m in actor.modules() if isinstance(m, CommEncoder))
-    ts, goals, msgs = env.reset(), [], []
+    ts, seen, sent = env.reset(), [], []
     with torch.no_grad():
         for _ in range(int(cfg.env.max_cycles)):
-            goals.append(ts.obs[:, 0, 1:].argmax(-1))
+            seen.append(observe(ts.obs, cfg))
             actions, _ = actor.act(ts.obs, ts.avail, None, True)
-            msgs.append(enc.last_sent[:, 0].clone())  # the speaker's bits
+            sent.append((enc.last_sent > 0).long())  # ±1 bits -> 0/1
             ts = env.step(actions)
-    g, m = torch.cat(goals).numpy(), (torch.cat(msgs).numpy() > 0).astype(int)  # ±1 bits -> 0/1
+    return torch.cat(seen), torch.cat(sent)
+
+
+def mutual_information(path: Path, episodes: int) -> list[float]:
+    """I(bit_b ; goal) per bit and I(message ; goal) jointly, from the speaker's messages at evaluation."""
+    g, sent = rollout_messages(path, episodes, lambda obs, cfg: obs[:, 0, 1:].argmax(-1))
+    g, m = g.numpy(), sent[:, 0].numpy()  # the speaker's bits
     codes = [m[:, b] for b in range(m.shape[1])] + [m @ (2 ** np.arange(m.shape[1]))]
     return [mi(c, g) for c in codes]
 
 
+def checkpoints(seed_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_<n>.pt`` of a seed dir, in training order."""
+    pts = [(int(pt.stem.split("_")[1]), pt) for pt in (seed_dir / "checkpoints").glob("step_*.pt")]
+    return sorted(pts, key=lambda x: x[0])
+
+
+def training_log(seed_dir: Path, keys: dict[str, str]) -> dict[str, list[float]]:
+    """``{name: [values]}`` of the metrics lines that hold comm statistics, plus ``log_steps``."""
+    logs = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in logs if "comm/mean_0" in r]
+    return {"log_steps": [r["step"] for r in logs], **{k: [r.get(m, float("nan")) for r in logs] for k, m in keys.items()}}
+
+
 def channel_progress(seed_dir: Path, episodes: int) -> dict[str, list[float]]:
     """Along training: I(message; goal) from each step checkpoint, bit entropy and return from the training log."""
-    steps, mi_joint = [], []
-    for pt in sorted((seed_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])):
-        steps.append(int(pt.stem.split("_")[1]))
-        mi_joint.append(mutual_information(pt, episodes)[-1])
-    logs = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
-    logs = [r for r in logs if "comm/bit_entropy" in r]
-    return {"steps": steps, "mi": mi_joint, "log_steps": [r["step"] for r in logs],
-            "bit_entropy": [r["comm/bit_entropy"] for r in logs],
-            "train_return": [r.get("train/return_mean", float("nan")) for r in logs]}
+    pts = checkpoints(seed_dir)
+    return {"steps": [s for s, _ in pts], "mi": [mutual_information(pt, episodes)[-1] for _, pt in pts],
+            **training_log(seed_dir, {"bit_entropy": "comm/bit_entropy", "train_return": "train/return_mean"})}
 
 
-def plot_progress(progress: dict[str, list[dict[str, list[float]]]], path: Path) -> None:
-    """One panel per task: I(message; goal) and the bits' entropy against env steps, one line per seed."""
+def plot_panels(progress: dict[str, list[dict[str, list[float]]]], path: Path, curves: list[tuple[str, str, str, str]],
+                title: str, ylabel: str) -> None:
+    """One panel per task, one line per seed and curve ``(x key, y key, matplotlib style, label)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(progress), figsize=(5 * len(progress), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(progress), figsize=(5.5 * len(progress), 3.6), squeeze=False)
     for ax, (task, runs) in zip(axes[0], progress.items(), strict=True):
         for i, r in enumerate(runs):
-            ax.plot(r["steps"], r["mi"], "o-", color="C0", alpha=0.6, label="I(message; goal)" if i == 0 else None)
-            ax.plot(r["log_steps"], r["bit_entropy"], "s--", color="C1", alpha=0.6,
-                    label="bit entropy (training)" if i == 0 else None)
-        ax.set_title(f"{task}: log2(K)-bit channel, 20% dropout")
+            for c, (x, y, style, label) in enumerate(curves):
+                ax.plot(r[x], r[y], style, color=f"C{c}", alpha=0.6, label=label if i == 0 else None)
+        ax.set_title(f"{task}: {title}")
         ax.set_xlabel("env steps")
-        ax.set_ylabel("bits")
+        ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -209,7 +221,8 @@ def main(argv: list[str]) -> None:
                      f"{s['mi_bits'][-1]:.2f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "progress.json").write_text(json.dumps(progress, indent=1) + "\n")
-    plot_progress(progress, out / "channel_progress.png")
+    plot_panels(progress, out / "channel_progress.png", [("steps", "mi", "o-", "I(message; goal)"),
+                ("log_steps", "bit_entropy", "s--", "bit entropy (training)")], "log2(K)-bit channel, 20% dropout", "bits")
     print("\n".join(lines))
 
 

@@ -32,12 +32,10 @@ import torch
 
 from marlcli import results
 from marlcli.config import compose
-from marlcli.envs import make_env
-from marlcli.nets.comm import CommEncoder
 from marlcli.trainer import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import EVAL_SEED, ci95, evaluate, mi  # noqa: E402
+from run import EVAL_SEED, checkpoints, ci95, evaluate, mi, plot_panels, rollout_messages, training_log  # noqa: E402
 
 TASKS = {"spread": ["env=spread"],
          "spread_limited": ["env=spread", "env.num_landmark_neighbors=1", "env.num_agent_neighbors=1"]}
@@ -69,60 +67,17 @@ def features(obs: torch.Tensor, n_lm: int) -> torch.Tensor:
 
 def bit_information(path: Path, episodes: int) -> list[float]:
     """I(agent's bit ; feature) in bits for each of FEATURES, pooled over agents and steps."""
-    from marlcli.algos import load_family
-
-    payload = results.load_checkpoint(path)
-    cfg = results.checkpoint_config(payload)
-    env = make_env(cfg.env, episodes, EVAL_SEED, torch.device("cpu"))
-    actor = load_family(cfg.algo).make_actor(env.spec, cfg)
-    results.restore(actor, payload["actor"], "actor", payload)
-    actor.eval()
-    enc = next(m for m in actor.modules() if isinstance(m, CommEncoder))
-    n_lm = int(cfg.env.num_landmark_neighbors or cfg.env.N)
-    ts, feats, bits = env.reset(), [], []
-    with torch.no_grad():
-        for _ in range(int(cfg.env.max_cycles)):
-            feats.append(features(ts.obs, n_lm).reshape(-1, len(FEATURES)))
-            actions, _ = actor.act(ts.obs, ts.avail, None, True)
-            bits.append((enc.last_sent[..., 0] > 0).reshape(-1).long())
-            ts = env.step(actions)
-    f, b = torch.cat(feats).numpy(), torch.cat(bits).numpy()
+    f, b = rollout_messages(path, episodes, lambda obs, cfg: features(
+        obs, int(cfg.env.num_landmark_neighbors or cfg.env.N)).reshape(-1, len(FEATURES)))
+    f, b = f.numpy(), b[..., 0].reshape(-1).numpy()
     return [mi(b, f[:, i]) for i in range(len(FEATURES))]
 
 
 def progress(seed_dir: Path, episodes: int) -> dict[str, list[float]]:
-    steps, info = [], []
-    for pt in sorted((seed_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])):
-        steps.append(int(pt.stem.split("_")[1]))
-        info.append(max(bit_information(pt, episodes)))
-    logs = [json.loads(x) for x in (seed_dir / "metrics.jsonl").read_text().splitlines()]
-    logs = [r for r in logs if "comm/mean_0" in r]
-    return {"steps": steps, "mi_max": info, "log_steps": [r["step"] for r in logs],
-            "bit_mean": [r["comm/mean_0"] for r in logs], "bit_std": [r["comm/std_0"] for r in logs],
-            "bit_entropy": [r["comm/bit_entropy"] for r in logs],
-            "train_return": [r.get("train/return_mean", float("nan")) for r in logs]}
-
-
-def plot(prog: dict[str, list[dict[str, list[float]]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(prog), figsize=(5.5 * len(prog), 3.6), squeeze=False)
-    for ax, (task, runs) in zip(axes[0], prog.items(), strict=True):
-        for i, r in enumerate(runs):
-            ax.plot(r["log_steps"], r["bit_entropy"], "-", color="C1", alpha=0.6, label="bit entropy" if i == 0 else None)
-            ax.plot(r["log_steps"], r["bit_mean"], ":", color="C2", alpha=0.6, label="bit mean (±1)" if i == 0 else None)
-            ax.plot(r["steps"], r["mi_max"], "o-", color="C0", alpha=0.7,
-                    label="max I(bit; obs feature)" if i == 0 else None)
-        ax.set_title(f"{task}: 1-bit CommNet channel, MAPPO")
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("bits (entropy, MI) / mean")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    pts = checkpoints(seed_dir)
+    return {"steps": [s for s, _ in pts], "mi_max": [max(bit_information(pt, episodes)) for _, pt in pts],
+            **training_log(seed_dir, {"bit_mean": "comm/mean_0", "bit_std": "comm/std_0",
+                                      "bit_entropy": "comm/bit_entropy", "train_return": "train/return_mean"})}
 
 
 def main(argv: list[str]) -> None:
@@ -164,7 +119,9 @@ def main(argv: list[str]) -> None:
     (out / "spread_results.json").write_text(json.dumps(per_seed, indent=1) + "\n")
     (out / "spread_progress.json").write_text(json.dumps(prog, indent=1) + "\n")
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")
-    plot(prog, out / "spread_progress.png")
+    plot_panels(prog, out / "spread_progress.png", [("log_steps", "bit_entropy", "-", "bit entropy"),
+                ("log_steps", "bit_mean", ":", "bit mean (±1)"), ("steps", "mi_max", "o-", "max I(bit; obs feature)")],
+                "1-bit CommNet channel, MAPPO", "bits (entropy, MI) / mean")
     for task in per_seed:
         s = summary[task]
         print(f"| {task} | {s['comm_on']:.2f} ± {s['comm_on_ci95']:.2f} | {s['comm_off']:.2f} ± {s['comm_off_ci95']:.2f} "

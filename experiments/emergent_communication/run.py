@@ -162,17 +162,22 @@ def mi(x: np.ndarray, y: np.ndarray) -> float:
     return float((joint[nz] * np.log2(joint[nz] / (px @ py)[nz])).sum())
 
 
-def main(argv: list[str]) -> None:
-    opts = {"results_dir": "results/experiments/emergent_communication", "seeds": "5", "steps": "25600",
-            "episodes": "1000", "tasks": "reference,reference3,reference_k2", "threads": "1"}
+def options(argv: list[str], steps: int, tasks: str) -> tuple[dict[str, str], Path, int, int, list[int]]:
+    """``key=value`` options -> (options, results_dir, steps, episodes, seeds 100..); sets torch's threads."""
+    opts = {"results_dir": "results/experiments/emergent_communication", "seeds": "5", "steps": str(steps),
+            "episodes": "1000", "tasks": tasks, "threads": "1"}
     for a in argv:
         k, _, v = a.partition("=")
         if k not in opts:
             sys.exit(f"unknown option {k}; options: {', '.join(opts)}")
         opts[k] = v
     torch.set_num_threads(int(opts["threads"]))
-    out, steps, episodes = Path(opts["results_dir"]), int(opts["steps"]), int(opts["episodes"])
     seeds = [100 + i for i in range(int(opts["seeds"]))]
+    return opts, Path(opts["results_dir"]), int(opts["steps"]), int(opts["episodes"]), seeds
+
+
+def main(argv: list[str]) -> None:
+    opts, out, steps, episodes, seeds = options(argv, 25_600, "reference,reference3,reference_k2")
     per_seed: dict[str, Any] = {}
     progress: dict[str, list[dict[str, list[float]]]] = {}
     old = out / "summary.json"  # spread.py's tasks live in the same file

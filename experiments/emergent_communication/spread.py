@@ -35,7 +35,7 @@ from marlcli.config import compose
 from marlcli.trainer import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import EVAL_SEED, checkpoints, ci95, evaluate, mi, plot_panels, rollout_messages, training_log  # noqa: E402
+from run import EVAL_SEED, checkpoints, ci95, evaluate, mi, options, plot_panels, rollout_messages, training_log  # noqa: E402
 
 TASKS = {"spread": ["env=spread"],
          "spread_limited": ["env=spread", "env.num_landmark_neighbors=1", "env.num_agent_neighbors=1"]}
@@ -81,16 +81,7 @@ def progress(seed_dir: Path, episodes: int) -> dict[str, list[float]]:
 
 
 def main(argv: list[str]) -> None:
-    opts = {"results_dir": "results/experiments/emergent_communication", "seeds": "5", "steps": "1000000",
-            "episodes": "1000", "tasks": "spread,spread_limited", "threads": "1"}
-    for a in argv:
-        k, _, v = a.partition("=")
-        if k not in opts:
-            sys.exit(f"unknown option {k}; options: {', '.join(opts)}")
-        opts[k] = v
-    torch.set_num_threads(int(opts["threads"]))
-    out, steps, episodes = Path(opts["results_dir"]), int(opts["steps"]), int(opts["episodes"])
-    seeds = [100 + i for i in range(int(opts["seeds"]))]
+    opts, out, steps, episodes, seeds = options(argv, 1_000_000, "spread,spread_limited")
     oracle = json.loads((Path(__file__).parents[2] / "docs" / "bench.json").read_text())["oracle"]["return_mean"]
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "summary.json"  # run.py's tasks live in the same file

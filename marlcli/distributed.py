@@ -38,6 +38,10 @@ from marlcli.errors import ConfigError, TrainingError
 class CollectiveError(TrainingError):
     """A collective failed: a peer died or stayed silent past ``dist.timeout``; the group is broken."""
 
+    timed_out = False  # the peer stayed silent (alive but hung) rather than closing its connection
+
+
+HUNG_DIR = "MARL_DIST_HUNG_DIR"  # launch() -> ranks: where a rank notes that a peer stopped answering
 RANK_SEED_STRIDE = 10_000_019  # rank r's env copies and RNG start at seed + r * stride (rank 0: seed itself)
 # Global sizes that each rank holds a 1/K share of: env copies, replay capacity and batches.
 SPLIT_KEYS = ("env.num_envs", "algo.batch_episodes", "algo.buffer_episodes", "algo.buffer_size", "algo.batch_size")
@@ -99,11 +103,16 @@ def launch(cfg: DictConfig) -> Path:
         lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=k, run_id=f"marl-{uuid.uuid4().hex[:8]}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
                           start_method="spawn")
+        hung = Path(tmp) / "hung"
+        hung.mkdir()
+        os.environ[HUNG_DIR] = str(hung)  # a rank whose collective timed out leaves a file here
         try:
             elastic_launch(lc, sys.executable)("-m", "marlcli.distributed", str(path))
         except ChildFailedError as exc:
-            raise TrainingError(_failure_line(exc, k, _seed_dir(cfg))) from None
+            raise TrainingError(_failure_line(exc, k, _seed_dir(cfg), any(hung.iterdir()),
+                                              float(OmegaConf.select(cfg, "dist.timeout", default=600)))) from None
         finally:
+            del os.environ[HUNG_DIR]
             if threads is None:
                 del os.environ["OMP_NUM_THREADS"]
     return _seed_dir(cfg)
@@ -137,10 +146,13 @@ def _root_cause(exc: Any) -> tuple[int, Any]:
     return min(exc.failures.items(), key=order)
 
 
-def _failure_line(exc: Any, k: int, out: Path) -> str:
+def _failure_line(exc: Any, k: int, out: Path, hung: bool = False, timeout: float = 0.0) -> str:
     r, failure = _root_cause(exc)
     code = failure.exitcode
-    how = (f"killed by signal {-code}" if code < 0 else "stopped with the error above" if code == 2
+    if hung and code in (-9, -15):  # the others timed out waiting for it; the agent then killed it
+        how = f"stopped answering (no reply within dist.timeout={timeout:g}s) and was killed"
+    else:
+        how = (f"killed by signal {-code}" if code < 0 else "stopped with the error above" if code == 2
            else f"exited with code {code}")
     ckpt = out / "checkpoints" / "latest.pt"
     last = f"last checkpoint: {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
@@ -234,8 +246,10 @@ def _guard(what: str) -> Iterator[None]:
             raise
         msg = " ".join(str(exc).split())[:160]
         _OWNED["broken"] = True
-        raise CollectiveError(f"rank {rank()}: {what} across {world_size()} processes failed ({msg}); "
-                            "another rank died or hung past dist.timeout") from None
+        err = CollectiveError(f"rank {rank()}: {what} across {world_size()} processes failed ({msg}); "
+                              "another rank died or hung past dist.timeout")
+        err.timed_out = "timed out" in msg.lower() or "timeout" in msg.lower()
+        raise err from None
 
 
 def all_reduce_grads(params: Iterable[Tensor]) -> None:
@@ -457,6 +471,8 @@ def worker_main(argv: list[str]) -> int:
         train(cfg)
     except CollectiveError as exc:  # the group is broken: its destructors may std::terminate (SIGABRT)
         code = fail("train", str(exc))
+        if exc.timed_out and os.environ.get(HUNG_DIR):  # tell the launcher a peer went silent
+            (Path(os.environ[HUNG_DIR]) / f"rank_{os.environ.get('RANK', '?')}").write_text("timed out\n")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

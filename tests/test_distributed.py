@@ -10,6 +10,7 @@ the single-process ones on B, and a 2-process MAPPO run resumes exactly. A real
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import signal
 import subprocess
@@ -243,6 +244,33 @@ def test_killed_rank_ends_the_run_with_one_line(tmp_path: Path) -> None:
     assert last.startswith("marl train: error: rank 1 of 2 killed by signal 9; the run stopped"), err[-2000:]
     assert "Traceback" not in err
     results.load_checkpoint(latest, results.RESUME_KEYS)  # a usable last checkpoint
+
+
+def test_hung_rank_ends_the_run_after_dist_timeout(tmp_path: Path) -> None:
+    """A rank that stops answering (SIGSTOP: alive, silent) makes the others' next collective fail after
+    dist.timeout; the run then ends with one line that says so, instead of hanging forever."""
+    tag = f"{os.getpid()}-{time.time()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MARL_TEST_TAG": tag}
+    cmd = [sys.executable, "-c", "from marlcli.cli import entry; entry()", "train", f"results_dir={tmp_path}",
+           *BASE, "algo=mappo", "train.total_steps=100000000", "dist.nproc_per_node=2", "dist.timeout=4"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    latest = tmp_path / "spread" / "mappo" / "test" / "seed_0" / "checkpoints" / "latest.pt"
+    deadline = time.time() + 90
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    pid = _rank_pid(tag, 1)
+    assert pid is not None, proc.communicate(timeout=5)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "hung past dist.timeout" in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("marl train: error: rank 1 of 2 stopped answering (no reply within dist.timeout=4s)"), last
+    assert "Traceback" not in err
 
 
 def test_the_killed_rank_is_named_whatever_the_others_died_of() -> None:

@@ -9,8 +9,8 @@ the single-process ones on B, and a 2-process MAPPO run resumes exactly. A real
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import os
 import signal
 import subprocess

@@ -421,7 +421,12 @@ def print_eval_table(rows: list[dict[str, Any]]) -> None:
 
 def entry() -> None:
     try:
-        sys.exit(main())
+        code = main()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:  # a rank of torchrun / Slurm
+            from marlcli.distributed import quick_exit
+
+            quick_exit(code)  # no exit-time destructors: gloo's threads could std::terminate there
+        sys.exit(code)
     except BrokenPipeError:  # `marl ... | head`
         sys.stderr.close()
         sys.exit(0)

@@ -273,6 +273,32 @@ def test_hung_rank_ends_the_run_after_dist_timeout(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+def test_slurm_job_step_trains_like_the_launcher(tmp_path: Path) -> None:
+    """Two tasks of a Slurm job step (SLURM_* variables, no RANK: what submitit's tasks_per_node=2 starts)
+    join one group through submitit's mapping and write the same metrics as dist.nproc_per_node=2."""
+    pytest.importorskip("submitit")
+    cmd = [sys.executable, "-c", "from marlcli.cli import entry; entry()", "train", *BASE, *FAMILIES["mappo"]]
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": str(1000 + os.getpid() % 100_000), "SLURM_NTASKS": "2",
+             "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "localhost"}
+    base_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
+    tasks = [subprocess.Popen([*cmd, f"results_dir={tmp_path / 'slurm'}"], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**base_env, **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r),
+                                   "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}) for r in range(2)]
+    errs = [t.communicate(timeout=240)[1] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], errs
+    launched = subprocess.run([*cmd, f"results_dir={tmp_path / 'launch'}", "dist.nproc_per_node=2"], cwd=tmp_path,
+                              env={**base_env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, text=True,
+                              capture_output=True, timeout=240)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+
+    def metrics(root: Path) -> list[dict]:
+        lines = (root / "spread" / "mappo" / "test" / "seed_0" / "metrics.jsonl").read_text().splitlines()
+        return strip_time([json.loads(x) for x in lines])
+
+    assert metrics(tmp_path / "slurm") == metrics(tmp_path / "launch")
+
+
 def test_the_killed_rank_is_named_whatever_the_others_died_of() -> None:
     """Peers of a killed rank fail in the same monitor tick (code 2, SIGABRT, SIGTERM): name the killed one."""
     from types import SimpleNamespace

@@ -94,6 +94,9 @@ def check(cfg: DictConfig, spec: EnvSpec) -> None:
             raise ConfigError(f"asymmetric self-play (env={spec.name}: {' vs '.join(spec.roles)}) needs per-agent "
                               f"learners; algo={cfg.algo.name} mixes every agent into one team value (use iql, ippo, "
                               "mappo, coma or maddpg)")
+        if bool(cfg.algo.get("standardise_rewards", False)):
+            raise ConfigError("asymmetric self-play: algo.standardise_rewards would scale rewards by the frozen agents' "
+                              "rewards too; set algo.standardise_rewards=false")
         if int(cfg.env.num_envs) < len(roles):
             raise ConfigError(f"asymmetric self-play splits the env copies over the learning roles; env.num_envs="
                               f"{cfg.env.num_envs} is fewer than the {len(roles)} roles")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_cfg, strip_time
 from omegaconf import OmegaConf
 
-from conftest import make_cfg, strip_time
 from marlcli import results
 from marlcli.algos import load_family
 from marlcli.envs.asymmetric import SCORE_STAT, RoleSelfPlayVecEnv

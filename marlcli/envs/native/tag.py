@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from marlcli.envs.base import EnvSpec
-from marlcli.envs.outcome import OUTCOMES
 from marlcli.envs.native.mpe import Bodies, Gather, MPEEnv, World, build_index
+from marlcli.envs.outcome import OUTCOMES
 from marlcli.errors import ConfigError
 
 

@@ -190,3 +190,17 @@ def test_crossplay_predators_of_a_vs_prey_of_b(tmp_path: Path) -> None:
     # B's prey swapped for A's: a different matchup, other results
     res2 = run_episodes(SideBySide(actors[0], actors[0], [True, True, True, False]), env, 32, True)
     assert res2.summary()["eval/return_mean"] != res.summary()["eval/return_mean"]
+
+
+def test_asymmetric_selfplay_config() -> None:
+    from marlcli import selfplay
+    from marlcli.errors import ConfigError
+    from marlcli.trainer import validate
+
+    spec = tag_spec()
+    assert selfplay.learning_roles(make_cfg("env=tag", "selfplay=pool"), spec) == [0, 1]  # every role learns
+    assert selfplay.learning_roles(make_cfg("env=tag", "selfplay=pool", "selfplay.learn=[agent_0]"), spec) == [1]
+    with pytest.raises(ConfigError, match="per-agent learners"):  # VDN/QMIX mix every agent into one value
+        validate(make_cfg("env=tag", "algo=vdn", "selfplay=pool"))
+    with pytest.raises(ConfigError, match="standardise_rewards"):
+        validate(make_cfg("env=tag", "algo=iql", "selfplay=pool", "algo.standardise_rewards=true"))

@@ -228,12 +228,20 @@ class Session:
         return out
 
     def wrap_eval(self, env: VecEnv) -> VecEnv:
-        """Evaluation envs: the learner against the pool's window, drawn uniformly (own stream)."""
+        """Evaluation envs: the learner against the pool's window, drawn uniformly (own stream).
+
+        With ``selfplay.rate_eval`` the finished evaluation games are rated at once (one Elo game per
+        member and finishing step, like a training update's), so they are in the table before the
+        checkpoint that follows an evaluation and a resumed run rates exactly as an uninterrupted one.
+        """
         if self.league is None:
             return env
+        league = self.league
+        rate = (lambda ids, s: (league.record(ids, s), league.rate())) if bool(self.sp.get("rate_eval")) else None
+        draw = uniform_draw(league, EVAL_DRAW_SEED)
         if self.roles is not None:
-            return RoleSelfPlayVecEnv(env, self.roles, self.bank, uniform_draw(self.league, EVAL_DRAW_SEED))
-        return SelfPlayVecEnv(env, self.learn, self.bank, uniform_draw(self.league, EVAL_DRAW_SEED))
+            return RoleSelfPlayVecEnv(env, self.roles, self.bank, draw, rate)
+        return SelfPlayVecEnv(env, self.learn, self.bank, draw, rate)
 
     def state_dict(self) -> dict[str, Any]:
         return {"matrix": self.matrix.state_dict()} if self.matrix is not None else {}

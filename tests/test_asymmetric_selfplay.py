@@ -204,3 +204,19 @@ def test_asymmetric_selfplay_config() -> None:
         validate(make_cfg("env=tag", "algo=vdn", "selfplay=pool"))
     with pytest.raises(ConfigError, match="standardise_rewards"):
         validate(make_cfg("env=tag", "algo=iql", "selfplay=pool", "algo.standardise_rewards=true"))
+
+
+def test_rate_eval_counts_evaluation_games_and_resumes_bit_for_bit(tmp_path: Path) -> None:
+    fixed = [*FAMILY["mappo"], "algo.lr_schedule=constant"]
+    games = lambda d: sum(m["games"] for m in json.loads((d / "pool" / "league.json").read_text())["members"])  # noqa: E731
+    off = train(make_cfg(*tag_overrides(tmp_path / "off", "mappo", *fixed)))
+    on = train(make_cfg(*tag_overrides(tmp_path / "on", "mappo", *fixed, "selfplay.rate_eval=true",
+                                       "train.checkpoint_interval=320")))
+    assert games(on) - games(off) == 3 * 8  # evaluations at steps 0, 320 and 640, 8 episodes each
+    half = train(make_cfg(*tag_overrides(tmp_path / "half", "mappo", *fixed, "selfplay.rate_eval=true",
+                                         "train.total_steps=320", "train.checkpoint_interval=320")))
+    (half / "done").unlink()
+    train(make_cfg(*tag_overrides(tmp_path / "half", "mappo", *fixed, f"resume={half}")))
+    assert (on / "pool" / "league.json").read_text() == (half / "pool" / "league.json").read_text()
+    a, b = (results.read_metrics(d / "metrics.jsonl") for d in (on, half))
+    assert strip_time(a) == strip_time(b)

@@ -18,7 +18,8 @@ evaluation seed ``eval_seed`` with sampled actions:
   (``marlcli.crossplay.evaluate_vs``, the ``adversary`` side), the predators' win rate by tag's
   outcome rule (a catch in the episode) and the catches per episode;
 * **IQL** (``algo=iql``, ``selfplay=none``) on tag: the predators' catch rate at each evaluation
-  during training (``eval/win_rate/adversary`` in ``metrics.jsonl``).
+  during training (``eval/win_rate/adversary`` in ``metrics.jsonl``), and cross-play of IQL's final
+  actors with each other's and with the MAPPO runs' (IQL's Q-actors act greedily).
 
 Writes ``summary.json``, ``table.md``, ``tag_self_play.png`` and ``raw/`` (per-run curves, Elo
 tables and the cross-play rows) into ``out``.
@@ -147,6 +148,34 @@ def crossplay(runs: list[tuple[str, int, Path]], episodes: int, seed: int) -> tu
     return win, catches, rows
 
 
+def iql_crossplay(iql: list[tuple[int, Path]], runs: list[tuple[str, int, Path]], episodes: int,
+                  seed: int) -> dict[str, Any]:
+    """IQL's final predators vs every run's prey (IQL's and MAPPO's), and every MAPPO run's predators vs
+    IQL's prey: the predators' win rate per pair (``evaluate_vs`` rows ``side=adversary`` / ``agent``)."""
+    from marlcli.crossplay import evaluate_vs
+
+    rows = []
+    others = [(f"iql/{s}", d) for s, d in iql] + [(f"{v}/{s}", d) for v, s, d in runs]
+    for s, a in iql:
+        for name, b in others:
+            torch.manual_seed(seed)
+            for r in evaluate_vs(a, b, episodes=episodes, seed=seed, deterministic=False, envs=episodes):
+                mine = r["side"] == "adversary"  # IQL's predators vs b's prey, else b's predators vs IQL's prey
+                rows.append({"predators": f"iql/{s}" if mine else name, "prey": name if mine else f"iql/{s}",
+                             "predators_win_rate": r["win_rate"] if mine else 1.0 - r["win_rate"],
+                             "catches": r["catches"]})
+    cells: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r["predators"] == r["prey"]:  # a run against itself is not cross-play
+            continue
+        key = (r["predators"].split("/")[0], r["prey"].split("/")[0])
+        cells.setdefault(key, []).append(r["predators_win_rate"])
+    table: dict[str, dict[str, float]] = {}
+    for (pred, prey), w in sorted(cells.items()):
+        table.setdefault(pred, {})[prey] = float(np.mean(w))
+    return {"rows": rows, "predators_win_rate": table}
+
+
 def eval_curve(sdir: Path) -> dict[str, list[float]]:
     rows = [json.loads(x) for x in (sdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rows = [r for r in rows if "eval/win_rate/adversary" in r]
@@ -172,7 +201,9 @@ def main(args: list[str]) -> None:
     elos = {f"{v}/{s}": elo_table(d) for v, s, d in runs}
     win, catches, rows = crossplay(runs, episodes, eval_seed)
     iql_curves = {str(s): eval_curve(d) for s, d in zip(iql_seeds, iql, strict=True)}
-    for name, data in (("snapshot_curves", curves), ("elo", elos), ("crossplay", rows), ("iql", iql_curves)):
+    iql_x = iql_crossplay(list(zip(iql_seeds, iql, strict=True)), runs, episodes, eval_seed)
+    for name, data in (("snapshot_curves", curves), ("elo", elos), ("crossplay", rows), ("iql", iql_curves),
+                       ("iql_crossplay", iql_x["rows"])):
         (out / "raw" / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
 
     n = len(seeds)
@@ -203,7 +234,8 @@ def main(args: list[str]) -> None:
     fin = [x["catch_rate"][-1] for x in iql_curves.values()]
     summary["iql"] = {"final_catch_rate": fin, "final_catch_rate_mean": float(np.mean(fin)), "final_ci95": ci(fin),
                       "first_catch_rate": [x["catch_rate"][0] for x in iql_curves.values()],
-                      "final_catches": [x["catches"][-1] for x in iql_curves.values()]}
+                      "final_catches": [x["catches"][-1] for x in iql_curves.values()],
+                      "crossplay_predators_win_rate": iql_x["predators_win_rate"]}
     summary["train_s"] = round(train_s, 1)
     summary["wall_s"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -233,7 +265,13 @@ def write_table(s: dict[str, Any]) -> str:
     lines += ["", f"IQL (selfplay=none, {len(q['final_catch_rate'])} seeds): predators' catch rate "
               f"{', '.join(f'{r:.3f}' for r in q['first_catch_rate'])} at step 0 -> "
               f"{', '.join(f'{r:.3f}' for r in q['final_catch_rate'])} at the end "
-              f"(mean {f(q['final_catch_rate_mean'], q['final_ci95'])})"]
+              f"(mean {f(q['final_catch_rate_mean'], q['final_ci95'])})", "",
+              "Cross-play with IQL's final actors (predators' win rate; rows predators, columns prey; "
+              "IQL vs IQL: other seeds only):", "", "| predators \\ prey | iql | pool | latest |", "|---|---|---|---|"]
+    x = q["crossplay_predators_win_rate"]
+    lines.append("| iql | " + " | ".join(f"{x['iql'][k]:.3f}" for k in ("iql", *VARIANTS)) + " |")
+    for v in VARIANTS:
+        lines.append(f"| {v} | {x[v]['iql']:.3f} | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -392,21 +392,23 @@ def print_eval_table(rows: list[dict[str, Any]]) -> None:
     if len(agents) > 8:  # a swarm: eval.json keeps every agent, the table only the means
         agents = []
     roles = [k for k in rows[0] if k.startswith("return_role/")]
-    extra = [k for k in rows[0] if k in ("landmarks_covered", "collisions", "catches")]
+    extra = [k for k in rows[0] if k in ("landmarks_covered", "collisions", "catches", "selfplay_score", "win_rate")
+             or k.startswith("win_rate/")]  # win rates: the game's outcome rule (tag: a catch)
+    side = ["side"] if "side" in rows[0] else []  # cross-play: what PATH played
     where = " ".join(f"{k}={v}" for k, v in {**rows[0].get("env_overrides", {}),
                                               **rows[0].get("comm_overrides", {})}.items())
     if "return_mean_intact" in rows[0]:  # a channel ablation: the intact channel's return beside it
         extra = ["return_mean_intact", *extra]
     table = Table(title=f"marl eval: {rows[0]['algo']} on {rows[0]['env']}{' ' + where if where else ''} "
                         "(decentralized actors)")
-    for col in ["seed", "step", "episodes", "return mean ± 95% CI", *[a.split("/", 1)[1] for a in agents + roles],
-                *extra]:
+    for col in ["seed", *["PATH plays"] * len(side), "step", "episodes", "return mean ± 95% CI",
+                *[a.split("/", 1)[1] for a in agents + roles], *extra]:
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["seed"]), f"{r['step']:,}", f"{r['episodes']:.0f}",
+        table.add_row(str(r["seed"]), *[str(r[k]) for k in side], f"{r['step']:,}", f"{r['episodes']:.0f}",
                       f"{r['return_mean']:.3f} ± {r['return_ci95']:.3f}",
                       *[f"{r[k]:.3f}" for k in agents + roles + extra])
-    if len(rows) > 1:
+    if len(rows) > 1 and not side:
         means = [r["return_mean"] for r in rows]
         m = sum(means) / len(means)
         sd = math.sqrt(sum((x - m) ** 2 for x in means) / (len(means) - 1))

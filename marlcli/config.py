@@ -102,6 +102,7 @@ class SelfPlayConfig:
     pfsp_power: float = 1.0  # PFSP weight (1 - win rate)^power
     elo_k: float = 16.0  # Elo K-factor (one game per opponent and update)
     init: list[str] = field(default_factory=list)  # actors of other self-play runs always in the pool
+    rate_eval: bool = False  # the games of evaluations during training count for Elo and records too
 
 
 @dataclass

@@ -5,12 +5,15 @@ Each side plays through its own run's actor only (loaded with ``weights_only``, 
 * a **self-play run** (``selfplay=latest|pool``) has one actor for the learning agents; PATH's
   actor plays the learning slots and OTHER's actor (a self-play run of the same game) the
   mirrored opponent slots, through the same env wrapper as training;
-* a **plain run** has an actor for every agent; for each side (each role when the env has
+* a **plain run**, or an **asymmetric self-play run** (tag: its actor covers every role), has an
+  actor for every agent; for each side (each role when the env has
   several, ``adversary`` vs ``agent`` on tag; else each agent) PATH's actor plays that side and
   OTHER's actor all the others. Agent i's action depends on agent i's observation only, so
   running both actors on the full observation and keeping each one's own agents is exact.
 
-Rows are ``eval/...`` summaries plus ``side`` (what PATH played) and ``vs``.
+Rows are ``eval/...`` summaries plus ``side`` (what PATH played) and ``vs``; on games with several
+roles also ``win_rate``, PATH's side's score by the env's outcome rule (``marlcli.envs.outcome``;
+tag: PATH's predators vs OTHER's prey win on a catch).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor, nn
 from marlcli import results
 from marlcli.algos import load_family
 from marlcli.envs.base import role_of
+from marlcli.envs.outcome import role_scores
 from marlcli.errors import CheckpointError
 from marlcli.evaluate import run_episodes
 
@@ -36,15 +40,34 @@ class SideBySide(nn.Module):
         self.a, self.b = a, b
         self.register_buffer("mine", torch.tensor(mine))
 
-    def initial_hidden(self, batch: int) -> Any:
-        return (self.a.initial_hidden(batch), self.b.initial_hidden(batch))
+    def initial_hidden(self, batch: int) -> Tensor | None:
+        """Both actors' hidden states flattened into one ``[B, H_a + H_b]`` tensor (None when both are
+        feed-forward), so ``run_episodes`` can zero it at episode ends like any actor's."""
+        parts = [self.a.initial_hidden(batch), self.b.initial_hidden(batch)]
+        self.shapes = [None if h is None else h.shape[1:] for h in parts]
+        if all(h is None for h in parts):
+            return None
+        return torch.cat([h.reshape(batch, -1) for h in parts if h is not None], 1)
 
-    def act(self, obs: Tensor, avail: Tensor, hidden: Any, deterministic: bool) -> tuple[Tensor, Any]:
-        hidden = hidden if isinstance(hidden, tuple) else (None, None)
-        xa, ha = self.a.act(obs, avail, hidden[0], deterministic)
-        xb, hb = self.b.act(obs, avail, hidden[1], deterministic)
+    def _split(self, hidden: Tensor | None) -> list[Tensor | None]:
+        out: list[Tensor | None] = []
+        at = 0
+        for shape in getattr(self, "shapes", [None, None]):
+            if shape is None or hidden is None:
+                out.append(None)
+                continue
+            n = int(torch.Size(shape).numel())
+            out.append(hidden[:, at:at + n].reshape(hidden.shape[0], *shape))
+            at += n
+        return out
+
+    def act(self, obs: Tensor, avail: Tensor, hidden: Tensor | None, deterministic: bool) -> tuple[Tensor, Any]:
+        ha, hb = self._split(hidden)
+        xa, ha = self.a.act(obs, avail, ha, deterministic)
+        xb, hb = self.b.act(obs, avail, hb, deterministic)
         m = self.mine.view(1, -1, *([1] * (xa.dim() - 2)))
-        return torch.where(m, xa, xb), (ha, hb)
+        new = [h.reshape(h.shape[0], -1) for h in (ha, hb) if h is not None]
+        return torch.where(m, xa, xb), (torch.cat(new, 1) if new else None)
 
 
 def _actor(payload: dict[str, Any], spec: Any, cfg: Any, dev: torch.device) -> nn.Module:
@@ -69,15 +92,18 @@ def evaluate_vs(path: Path, other: Path, episodes: int = 1000, seed: int = 0, de
     for target in targets:
         payload = results.load_checkpoint(target)
         cfg = results.checkpoint_config(payload)
-        if str(cfg.env.name) != str(their_cfg.env.name) or str(cfg.selfplay.mode == "none") != str(
-                their_cfg.selfplay.mode == "none"):
-            raise CheckpointError(f"vs={other}: cross-play needs two runs of one env, both self-play or both not "
-                                  f"({cfg.env.name} vs {their_cfg.env.name})")
+        if str(cfg.env.name) != str(their_cfg.env.name):
+            raise CheckpointError(f"vs={other}: cross-play needs two runs of one env ({cfg.env.name} vs "
+                                  f"{their_cfg.env.name})")
         base = {"env": str(cfg.env.name), "algo": str(cfg.algo.name), "run": str(cfg.run), "seed": int(cfg.seed),
                 "step": int(payload["step"]), "checkpoint": str(target), "vs": str(other), "eval_seed": seed}
         env = env_for_eval(cfg, min(episodes, envs), seed, dev)
         try:
-            if str(cfg.selfplay.mode) != "none":
+            mirrored = _mirrored(cfg, env.spec)
+            if mirrored != _mirrored(their_cfg, env.spec):
+                raise CheckpointError(f"vs={other}: cross-play needs two runs whose actors cover the same agents: both "
+                                      "mirrored self-play (the learning side only) or both not")
+            if mirrored:
                 wrapped = selfplay.opponents_for_eval(cfg, env, payload, dev, vs=theirs, seed=seed,
                                                               deterministic=deterministic)
                 mine = _actor(payload, wrapped.spec, cfg, dev)
@@ -90,10 +116,20 @@ def evaluate_vs(path: Path, other: Path, episodes: int = 1000, seed: int = 0, de
             for side in sides:
                 mask = [(role_of(x) if len(spec.roles) > 1 else x) == side for x in spec.agents]
                 res = run_episodes(SideBySide(a, b, mask), env, episodes, deterministic)
-                rows.append({**base, "side": side, **_strip(res.summary())})
+                row = {**base, "side": side, **_strip(res.summary())}
+                if len(spec.roles) > 1:  # the game's outcome rule (tag: predators win on a catch)
+                    row["win_rate"] = float(role_scores(spec, res.returns, res.stats)[:, spec.roles.index(side)].mean())
+                rows.append(row)
         finally:
             env.close()
     return rows
+
+
+def _mirrored(cfg: Any, spec: Any) -> bool:
+    """A mirrored self-play run: its actor covers the learning agents only."""
+    from marlcli import selfplay
+
+    return str(cfg.selfplay.mode) != "none" and selfplay.learning_roles(cfg, spec) is None
 
 
 def _strip(summary: dict[str, float]) -> dict[str, float]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from marlcli.algos.base import Actor
-from marlcli.envs.base import EnvSpec, VecEnv, role_of
+from marlcli.envs.base import EnvSpec, Outcome, VecEnv, role_of
 
 
 @dataclass
@@ -18,6 +18,7 @@ class EvalResult:
     agents: list[str]
     returns: torch.Tensor  # [E, N] episode return per agent
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [E]
+    outcome: Outcome | None = None  # the env's win rule (tag: predators win on a catch)
 
     def summary(self) -> dict[str, float]:
         """Flat ``eval/...`` metrics: return_mean = episode return averaged over agents and episodes."""
@@ -38,6 +39,9 @@ class EvalResult:
                 out[f"eval/return_role/{r}"] = self.returns[:, idx].mean().item()
         for k, v in self.stats.items():
             out[f"eval/{k}"] = v.mean().item()
+        if self.outcome is not None and self.outcome.stat in self.stats:  # tag: the predators' catch rate
+            won = self.stats[self.outcome.stat] >= self.outcome.threshold
+            out[f"eval/win_rate/{self.outcome.winner}"] = won.double().mean().item()
         return out
 
 
@@ -87,4 +91,5 @@ def run_episodes(actor: Actor, env: VecEnv, episodes: int, deterministic: bool =
         agents=list(spec.agents),
         returns=torch.cat(returns)[idx].double(),
         stats={k: torch.cat(v)[idx].double() for k, v in stats.items()},
+        outcome=spec.outcome,
     )

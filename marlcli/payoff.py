@@ -6,7 +6,9 @@ column member j the opponents, ``EPISODES`` episodes per cell with sampled actio
 policies' own mixed strategies), the same evaluation episodes for every cell. A cell is the
 row side's mean episode return. Written as ``payoff_<run>_seed<k>.md`` (a table) and
 ``payoff_<run>_seed<k>.png`` (a heat map) next to the report; a learner that improves shows
-a lower triangle (late rows vs early columns) above zero.
+a lower triangle (late rows vs early columns) above zero. On asymmetric games (tag) the row
+snapshot plays each learning role in an equal share of the episodes, the column snapshot the
+other roles, and a cell is the row's score by the game's outcome rule (1 win, 0 loss).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from marlcli import results
 from marlcli.algos import load_family
 from marlcli.envs import make_env
+from marlcli.envs.asymmetric import SCORE_STAT, RoleSelfPlayVecEnv
 from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv, sub_spec
 from marlcli.evaluate import run_episodes
 from marlcli.league import load_member
@@ -47,7 +50,8 @@ def payoff_matrix(sdir: Path, episodes: int = EPISODES) -> tuple[list[dict[str, 
     members = snapshots(sdir / "pool")
     env = make_env(cfg.env, episodes, EVAL_SEED, torch.device("cpu"))
     try:
-        learn = selfplay.learners(cfg, env.spec)
+        roles = selfplay.learning_roles(cfg, env.spec)  # asymmetric: a cell is the row's score, every role
+        learn = selfplay.learners(cfg, env.spec) if roles is None else list(range(env.spec.n_agents))
         spec = sub_spec(env.spec, learn)
         family = load_family(cfg.algo)
         out = np.zeros((len(members), len(members)))
@@ -56,12 +60,26 @@ def payoff_matrix(sdir: Path, episodes: int = EPISODES) -> tuple[list[dict[str, 
             for i, row in enumerate(members):
                 actor = family.make_actor(spec, cfg)
                 actor.load_state_dict(row["actor"])
-                wrapped = SelfPlayVecEnv(env, learn, bank, lambda n: torch.zeros(n, dtype=torch.long))
+                draw = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
+                wrapped = (SelfPlayVecEnv(env, learn, bank, draw) if roles is None
+                           else RoleSelfPlayVecEnv(env, roles, bank, draw))
                 torch.manual_seed(EVAL_SEED)  # the same sampled actions for every cell
-                out[i, j] = float(run_episodes(actor.eval(), wrapped, episodes, False).returns.mean())
+                res = run_episodes(actor.eval(), wrapped, episodes, False)
+                out[i, j] = float(res.returns.mean() if roles is None else res.stats[SCORE_STAT].mean())
     finally:
         env.close()
     return members, out
+
+
+def _asymmetric(sdir: Path) -> bool:
+    from marlcli import selfplay
+
+    cfg = results.checkpoint_config(results.load_checkpoint(sdir))
+    env = make_env(cfg.env, 1, 0, torch.device("cpu"))
+    try:
+        return selfplay.learning_roles(cfg, env.spec) is not None
+    finally:
+        env.close()
 
 
 def write_payoff(sdir: Path, out_dir: Path) -> list[str]:
@@ -76,18 +94,20 @@ def write_payoff(sdir: Path, out_dir: Path) -> list[str]:
         return []
     name = f"payoff_{sdir.parent.name}_{sdir.name.replace('_', '')}"
     labels = [f"{d['step']:,}" if d.get("source", "self") == "self" else f"init {d['id']}" for d in members]
-    lines = [f"Mean return of the row snapshot (learning side) vs the column snapshot; {sdir}", "",
+    asym = _asymmetric(sdir)
+    what = "Score (1 win, 0 loss; the game's outcome rule)" if asym else "Mean return"
+    lines = [f"{what} of the row snapshot (learning side) vs the column snapshot; {sdir}", "",
              "| row \\ column | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     lines += [f"| {labels[i]} | " + " | ".join(f"{v:+.2f}" for v in m[i]) + " |" for i in range(len(labels))]
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(labels), 0.8 + 0.6 * len(labels)))
     lim = max(1e-9, float(np.abs(m).max()))
-    im = ax.imshow(m, cmap="RdBu", vmin=-lim, vmax=lim)
+    im = ax.imshow(m, cmap="RdBu", vmin=0.0 if asym else -lim, vmax=1.0 if asym else lim)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("opponent snapshot (env step)")
     ax.set_ylabel("learner snapshot (env step)")
-    fig.colorbar(im, ax=ax, label="mean return")
+    fig.colorbar(im, ax=ax, label=what.split(" (")[0].lower())
     ax.set_title(f"{sdir.parent.name}/{sdir.name}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / f"{name}.png", dpi=100)

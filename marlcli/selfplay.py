@@ -5,7 +5,9 @@
 learner's actor every ``selfplay.snapshot_interval`` env steps, rates the games after every
 update, and on the matrix games measures the exact exploitability of the current and of the
 time-averaged policy (``marlcli.exploitability``), with or without self-play. With
-``selfplay=none`` on any other env it does nothing. The trainer calls it at five places:
+``selfplay=none`` on any other env it does nothing. When the sides differ (tag: predators vs
+prey), the learner keeps every agent and each env copy learns one role against frozen
+snapshots of the full actor in the others (``learning_roles``, ``marlcli.envs.asymmetric``). The trainer calls it at five places:
 ``start`` (after the learner is built), ``load_state_dict`` (resume), ``after_update``,
 ``wrap_eval`` and ``state_dict``/``write`` (checkpoints).
 """
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from marlcli import exploitability as ex
 from marlcli.algos import load_family
+from marlcli.envs.asymmetric import RoleSelfPlayVecEnv
 from marlcli.envs.base import EnvSpec, VecEnv, role_of
 from marlcli.envs.matrix import GAMES
 from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv, sub_spec
@@ -58,6 +61,26 @@ def learners(cfg: DictConfig, spec: EnvSpec) -> list[int]:
     return idx
 
 
+def learning_roles(cfg: DictConfig, spec: EnvSpec) -> list[int] | None:
+    """``None`` when the learners mirror the opponents (rps, prisoners: the mirrored path), else the
+    indices in ``spec.roles`` of the roles that learn, for asymmetric self-play (``marlcli.envs.asymmetric``).
+
+    Asymmetric: ``selfplay.learn`` empty = every role learns; named agents stand for their whole role.
+    """
+    names = list(cfg.selfplay.learn)
+    unknown = [x for x in names if x not in spec.agents and x not in spec.roles]
+    if unknown or len(spec.roles) < 2:
+        learners(cfg, spec)  # its one-line error
+        return None
+    try:
+        learners(cfg, spec)
+        return None
+    except ConfigError:
+        pass
+    named = {role_of(x) if x in spec.agents else x for x in names}
+    return [r for r, role in enumerate(spec.roles) if not named or role in named]
+
+
 def check(cfg: DictConfig, spec: EnvSpec) -> None:
     """Fail fast on a bad ``selfplay`` section (called by ``trainer.validate``)."""
     sp = cfg.selfplay
@@ -65,7 +88,18 @@ def check(cfg: DictConfig, spec: EnvSpec) -> None:
         raise ConfigError(f"unknown selfplay.mode '{sp.mode}': use none, latest or pool")
     if sp.mode == "none":
         return
-    learners(cfg, spec)
+    roles = learning_roles(cfg, spec)
+    if roles is not None:
+        if str(cfg.algo.get("mixer", "none")) != "none":
+            raise ConfigError(f"asymmetric self-play (env={spec.name}: {' vs '.join(spec.roles)}) needs per-agent "
+                              f"learners; algo={cfg.algo.name} mixes every agent into one team value (use iql, ippo, "
+                              "mappo, coma or maddpg)")
+        if bool(cfg.algo.get("standardise_rewards", False)):
+            raise ConfigError("asymmetric self-play: algo.standardise_rewards would scale rewards by the frozen agents' "
+                              "rewards too; set algo.standardise_rewards=false")
+        if int(cfg.env.num_envs) < len(roles):
+            raise ConfigError(f"asymmetric self-play splits the env copies over the learning roles; env.num_envs="
+                              f"{cfg.env.num_envs} is fewer than the {len(roles)} roles")
     if int(sp.snapshot_interval) < 1 or int(sp.pool_size) < 1:
         raise ConfigError("selfplay.snapshot_interval and selfplay.pool_size must be positive integers")
     if not 0.0 <= float(sp.latest_prob) <= 1.0:
@@ -132,14 +166,22 @@ class Session:
         self.inner, self.env = env, env
         self.league: League | None = None
         spec = env.spec
+        self.roles: list[int] | None = None  # asymmetric self-play: the learning roles
         if self.on:
             check(cfg, spec)
-            self.learn = learners(cfg, spec)
-            learn_spec = sub_spec(spec, self.learn)
             family = load_family(cfg.algo)
             self.league = League(self.sp if self.sp.mode == "pool" else _latest(self.sp), int(cfg.seed))
-            self.bank = OpponentBank(lambda: family.make_actor(learn_spec, cfg), self._weights, device)
-            self.env = SelfPlayVecEnv(env, self.learn, self.bank, self.league.sample, self.league.record, self.league)
+            self.roles = learning_roles(cfg, spec)
+            if self.roles is not None:  # every agent stays with the learner; frozen roles act per copy
+                self.bank = OpponentBank(lambda: family.make_actor(spec, cfg), self._weights, device)
+                self.env = RoleSelfPlayVecEnv(env, self.roles, self.bank, self.league.sample, self.league.record,
+                                              self.league)
+            else:
+                self.learn = learners(cfg, spec)
+                learn_spec = sub_spec(spec, self.learn)
+                self.bank = OpponentBank(lambda: family.make_actor(learn_spec, cfg), self._weights, device)
+                self.env = SelfPlayVecEnv(env, self.learn, self.bank, self.league.sample, self.league.record,
+                                          self.league)
         game = matrix_game(cfg)
         self.matrix: MatrixMetrics | None = None
         if game is not None:
@@ -186,10 +228,20 @@ class Session:
         return out
 
     def wrap_eval(self, env: VecEnv) -> VecEnv:
-        """Evaluation envs: the learner against the pool's window, drawn uniformly (own stream)."""
+        """Evaluation envs: the learner against the pool's window, drawn uniformly (own stream).
+
+        With ``selfplay.rate_eval`` the finished evaluation games are rated at once (one Elo game per
+        member and finishing step, like a training update's), so they are in the table before the
+        checkpoint that follows an evaluation and a resumed run rates exactly as an uninterrupted one.
+        """
         if self.league is None:
             return env
-        return SelfPlayVecEnv(env, self.learn, self.bank, uniform_draw(self.league, EVAL_DRAW_SEED))
+        league = self.league
+        rate = (lambda ids, s: (league.record(ids, s), league.rate())) if bool(self.sp.get("rate_eval")) else None
+        draw = uniform_draw(league, EVAL_DRAW_SEED)
+        if self.roles is not None:
+            return RoleSelfPlayVecEnv(env, self.roles, self.bank, draw, rate)
+        return SelfPlayVecEnv(env, self.learn, self.bank, draw, rate)
 
     def state_dict(self) -> dict[str, Any]:
         return {"matrix": self.matrix.state_dict()} if self.matrix is not None else {}
@@ -237,7 +289,8 @@ def opponents_for_eval(cfg: DictConfig, env: VecEnv, payload: dict[str, Any], de
     """``marl eval`` of a self-play run: its pool's window, or ``vs``'s actor alone (cross-play)."""
     if str(cfg.selfplay.mode) == "none":
         return env
-    learn = learners(cfg, env.spec)
+    roles = learning_roles(cfg, env.spec)
+    learn = learners(cfg, env.spec) if roles is None else list(range(env.spec.n_agents))
     family = load_family(cfg.algo)
     learn_spec = sub_spec(env.spec, learn)
     if vs is not None:
@@ -253,4 +306,6 @@ def opponents_for_eval(cfg: DictConfig, env: VecEnv, payload: dict[str, Any], de
         draw = uniform_draw(league, seed + EVAL_DRAW_SEED)
     bank = OpponentBank(lambda: family.make_actor(learn_spec, cfg), weights.__getitem__, device)
     bank.deterministic = deterministic  # cross-play: both sides act alike
+    if roles is not None:
+        return RoleSelfPlayVecEnv(env, roles, bank, draw)
     return SelfPlayVecEnv(env, learn, bank, draw)

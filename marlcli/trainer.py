@@ -281,7 +281,8 @@ def train(cfg: DictConfig) -> Path:
             for _ in range(algo.rollout_steps):
                 actions, hidden = algo.act(ts, hidden, counters["step"])
                 nts = env.step(actions)
-                steps.append((ts, actions, nts))
+                played = getattr(env, "played", None)  # asymmetric self-play: frozen agents' actions in their slots
+                steps.append((ts, actions if played is None else played, nts))
                 _track_returns(track, nts)
                 if hidden is not None:
                     hidden = hidden * (~nts.done).view(-1, *([1] * (hidden.dim() - 1)))

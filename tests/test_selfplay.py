@@ -149,8 +149,8 @@ def test_wrapper_shows_learners_only_and_each_copy_plays_its_own_member() -> Non
 def test_selfplay_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="selfplay.learn"):
         validate(make_cfg("env=rps", "selfplay=pool", "selfplay.learn=[nobody]"))
-    with pytest.raises(ConfigError, match="mirror"):  # tag: 3 predators vs 1 prey
-        validate(make_cfg("env=tag", "env.backend=native", "selfplay=pool"))
+    with pytest.raises(ConfigError, match="mirror"):  # spread: one role, 1 learner vs 2 others
+        validate(make_cfg("env=spread", "env.backend=native", "selfplay=pool"))
     with pytest.raises(ConfigError, match="latest_prob"):
         validate(make_cfg("env=rps", "selfplay=pool", "selfplay.latest_prob=2"))
 

@@ -44,6 +44,20 @@ class EntityGroup:
 
 
 @dataclass
+class Outcome:
+    """Who wins an episode of a competitive game, when higher return is not the answer.
+
+    Role ``winner`` wins when the episode statistic ``stat`` (``EnvSpec.stats``, summed or
+    last over the episode) is at least ``threshold``; otherwise every other role wins.
+    Envs without one are scored by return (``marlcli.envs.outcome``).
+    """
+
+    stat: str
+    winner: str
+    threshold: float = 1.0
+
+
+@dataclass
 class EnvSpec:
     """Static description of a (batched) environment."""
 
@@ -65,6 +79,8 @@ class EnvSpec:
     # observation indices of the agent's own absolute position (e.g. [2, 3]); [] = not observed.
     # Communication graphs by range (comm.neighbors=nearest|radius) are computed from them.
     position: list[int] = field(default_factory=list)
+    # competitive games: who won an episode (None = the role with the higher mean return)
+    outcome: Outcome | None = None
 
     @property
     def n_agents(self) -> int:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from marlcli.envs.base import EnvSpec, TimeStep, empty_step
+from marlcli.envs.outcome import OUTCOMES
 from marlcli.errors import ConfigError
 
 
@@ -137,6 +138,7 @@ class PettingZooVecEnv:
         self.spec = EnvSpec(name, agents, obs_dims, act_dims, discrete[0], state_dim, episode_limit(first, max_cycles),
                             lows, highs, dict(_STATS.get(name, ({}, None))[0]))
         self._stats_fn = _STATS.get(name, ({}, None))[1]
+        self.spec.outcome = OUTCOMES.get(name)
         self._low, self._high = (x.numpy() for x in self.spec.bounds())
         self._static = self.spec.action_mask().numpy()  # [N, A] the actions each agent really has
         n, b = len(agents), num_envs

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from marlcli.envs.base import EnvSpec
 from marlcli.envs.native.mpe import Bodies, Gather, MPEEnv, World, build_index
+from marlcli.envs.outcome import OUTCOMES
 from marlcli.errors import ConfigError
 
 
@@ -50,6 +51,9 @@ class Tag:
             act_low=0.0,
             act_high=1.0,
             stats={"catches": "sum"},
+            # predators win an episode when they touch the prey at least once, else the prey wins
+            # (returns are not zero-sum: the prey also pays for leaving the square)
+            outcome=OUTCOMES["tag"],
         )
         self.bodies = Bodies(
             n_agents=n,

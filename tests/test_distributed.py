@@ -223,11 +223,12 @@ def _rank_pid(tag: str, rank: int) -> int | None:
     return None
 
 
-def test_killed_rank_ends_the_run_with_one_line(tmp_path: Path) -> None:
+def _running_two_ranks(tmp_path: Path, timeout: int) -> tuple[subprocess.Popen, Path, int]:
+    """A long 2-rank MAPPO run, once it has written its first checkpoint: (process, latest.pt, rank 1's pid)."""
     tag = f"{os.getpid()}-{time.time()}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MARL_TEST_TAG": tag}
     cmd = [sys.executable, "-c", "from marlcli.cli import entry; entry()", "train", f"results_dir={tmp_path}",
-           *BASE, "algo=mappo", "train.total_steps=100000000", "dist.nproc_per_node=2", "dist.timeout=30"]
+           *BASE, "algo=mappo", "train.total_steps=100000000", "dist.nproc_per_node=2", f"dist.timeout={timeout}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     latest = tmp_path / "spread" / "mappo" / "test" / "seed_0" / "checkpoints" / "latest.pt"
     deadline = time.time() + 90
@@ -235,6 +236,11 @@ def test_killed_rank_ends_the_run_with_one_line(tmp_path: Path) -> None:
         time.sleep(0.2)
     pid = _rank_pid(tag, 1)
     assert pid is not None, proc.communicate(timeout=5)
+    return proc, latest, pid
+
+
+def test_killed_rank_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    proc, latest, pid = _running_two_ranks(tmp_path, 30)
     os.kill(pid, signal.SIGKILL)
     killed = time.time()
     _, err = proc.communicate(timeout=60)
@@ -249,17 +255,7 @@ def test_killed_rank_ends_the_run_with_one_line(tmp_path: Path) -> None:
 def test_hung_rank_ends_the_run_after_dist_timeout(tmp_path: Path) -> None:
     """A rank that stops answering (SIGSTOP: alive, silent) makes the others' next collective fail after
     dist.timeout; the run then ends with one line that says so, instead of hanging forever."""
-    tag = f"{os.getpid()}-{time.time()}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MARL_TEST_TAG": tag}
-    cmd = [sys.executable, "-c", "from marlcli.cli import entry; entry()", "train", f"results_dir={tmp_path}",
-           *BASE, "algo=mappo", "train.total_steps=100000000", "dist.nproc_per_node=2", "dist.timeout=4"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    latest = tmp_path / "spread" / "mappo" / "test" / "seed_0" / "checkpoints" / "latest.pt"
-    deadline = time.time() + 90
-    while not latest.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    pid = _rank_pid(tag, 1)
-    assert pid is not None, proc.communicate(timeout=5)
+    proc, _, pid = _running_two_ranks(tmp_path, 4)
     os.kill(pid, signal.SIGSTOP)
     try:
         _, err = proc.communicate(timeout=90)

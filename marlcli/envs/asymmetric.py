@@ -35,7 +35,7 @@ from torch import Tensor
 
 from marlcli.envs.base import TimeStep, VecEnv
 from marlcli.envs.outcome import role_scores
-from marlcli.envs.selfplay import OpponentBank
+from marlcli.envs.selfplay import OpponentBank, load_opponents_state, opponents_state
 
 SCORE_STAT = "selfplay_score"
 
@@ -105,26 +105,11 @@ class RoleSelfPlayVecEnv:
         return self._view(ts, score)
 
     def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"inner": self.inner.state_dict(), "member": self.member.clone(),
-                               "ep_ret": self.ep_ret.cpu().clone(),
-                               "ep_stats": {k: v.cpu().clone() for k, v in self.ep_stats.items()}}
-        if self.opp_hidden is not None:
-            out["opp_hidden"] = self.opp_hidden.cpu().clone()
-        if self.league is not None:
-            out["league"] = self.league.state_dict()
-        return out
+        return {**opponents_state(self), "ep_stats": {k: v.cpu().clone() for k, v in self.ep_stats.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> TimeStep:
-        if self.league is not None:
-            self.league.load_state_dict(state["league"])
-            self.bank.actors.clear()
-        ts = self.inner.load_state_dict(state["inner"])
-        self.full_ts = ts
-        self.member = state["member"].clone().long()
-        self.ep_ret = state["ep_ret"].to(self.device).clone()
+        ts = load_opponents_state(self, state)
         self.ep_stats = {k: v.to(self.device).clone() for k, v in state["ep_stats"].items()}
-        if self.opp_hidden is not None:
-            self.opp_hidden = state["opp_hidden"].to(self.device).clone()
         return self._view(ts)
 
     def close(self) -> None:

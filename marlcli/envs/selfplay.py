@@ -137,25 +137,36 @@ class SelfPlayVecEnv:
         return self._view(ts)
 
     def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"inner": self.inner.state_dict(), "member": self.member.clone(),
-                               "ep_ret": self.ep_ret.cpu().clone()}
-        if self.opp_hidden is not None:
-            out["opp_hidden"] = self.opp_hidden.cpu().clone()
-        if self.league is not None:
-            out["league"] = self.league.state_dict()
-        return out
+        return opponents_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> TimeStep:
-        if self.league is not None:
-            self.league.load_state_dict(state["league"])
-            self.bank.actors.clear()
-        ts = self.inner.load_state_dict(state["inner"])
-        self.full_ts = ts
-        self.member = state["member"].clone().long()
-        self.ep_ret = state["ep_ret"].to(self.device).clone()
-        if self.opp_hidden is not None:
-            self.opp_hidden = state["opp_hidden"].to(self.device).clone()
-        return self._view(ts)
+        return self._view(load_opponents_state(self, state))
 
     def close(self) -> None:
         self.inner.close()
+
+
+def opponents_state(env: Any) -> dict[str, Any]:
+    """What a self-play wrapper needs to continue exactly: the inner env, who plays whom, the
+    running returns, the opponents' hidden state and the league (shared by both wrappers)."""
+    out: dict[str, Any] = {"inner": env.inner.state_dict(), "member": env.member.clone(),
+                           "ep_ret": env.ep_ret.cpu().clone()}
+    if env.opp_hidden is not None:
+        out["opp_hidden"] = env.opp_hidden.cpu().clone()
+    if env.league is not None:
+        out["league"] = env.league.state_dict()
+    return out
+
+
+def load_opponents_state(env: Any, state: dict[str, Any]) -> TimeStep:
+    """Restore :func:`opponents_state`; returns the inner env's full time step."""
+    if env.league is not None:
+        env.league.load_state_dict(state["league"])
+        env.bank.actors.clear()
+    ts = env.inner.load_state_dict(state["inner"])
+    env.full_ts = ts
+    env.member = state["member"].clone().long()
+    env.ep_ret = state["ep_ret"].to(env.device).clone()
+    if env.opp_hidden is not None:
+        env.opp_hidden = state["opp_hidden"].to(env.device).clone()
+    return ts

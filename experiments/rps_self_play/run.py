@@ -16,7 +16,6 @@ per variant, and both exploitabilities, mean over seeds).
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -26,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from marlcli.report import t_interval
+
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("latest", "pool")
 COMMON = ["env=rps", "env.backend=native", "env.num_envs=64", "algo=ippo", "algo.lr_schedule=constant",
           "algo.lr=0.001", "algo.ent_coef=0.2", "selfplay.snapshot_interval=16000", "selfplay.pool_size=1000",
           "device=cpu", "logger.progress=false", "train.log_interval=16000", "train.eval_interval=100000000",
           "train.checkpoint_interval=100000000", "train.eval_episodes=100", "train.eval_envs=100"]
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
 def parse(args: list[str]) -> dict[str, str]:
@@ -67,11 +67,7 @@ def curves(sdir: Path) -> dict[str, np.ndarray]:
 
 
 def ci(values: list[float]) -> list[float]:
-    x = np.asarray(values, float)
-    if x.size < 2:
-        return [float(x.mean())] * 2
-    half = T_975.get(x.size - 1, 1.96) * x.std(ddof=1) / math.sqrt(x.size)
-    return [float(x.mean() - half), float(x.mean() + half)]
+    return t_interval(values)
 
 
 def argmax_switches(policy: np.ndarray) -> int:

@@ -28,7 +28,6 @@ tables and the cross-play rows) into ``out``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from marlcli.report import t_interval
+
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("pool", "latest")
 MAPPO = ["env=tag", "env.backend=native", "algo=mappo", "sharing=role", "selfplay.snapshot_interval=51200",
@@ -48,7 +49,6 @@ MAPPO = ["env=tag", "env.backend=native", "algo=mappo", "sharing=role", "selfpla
 IQL = ["env=tag", "env.backend=native", "algo=iql", "selfplay=none", "device=cpu", "logger.progress=false",
        "train.log_interval=51200", "train.eval_interval=102400", "train.eval_episodes=500", "train.eval_envs=500",
        "train.checkpoint_interval=100000000"]
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
 def parse(args: list[str]) -> dict[str, str]:
@@ -82,11 +82,7 @@ def train(algo: str, run: str, seed: int, steps: str, extra: list[str], opts: di
 
 
 def ci(values: list[float]) -> list[float]:
-    x = np.asarray(values, float)
-    if x.size < 2:
-        return [float(x.mean())] * 2
-    half = T_975.get(x.size - 1, 1.96) * x.std(ddof=1) / math.sqrt(x.size)
-    return [float(x.mean() - half), float(x.mean() + half)]
+    return t_interval(values)
 
 
 def spearman(x: list[float]) -> float:

@@ -65,6 +65,18 @@ def parse_kv(args: list[str], known: dict[str, Any], passthrough: tuple[str, ...
     return Options(paths, opts, overrides)
 
 
+def experiment_options(argv: list[str], defaults: dict[str, Any], prog: str) -> dict[str, Any]:
+    """An experiment script's ``key=value`` options, typed like ``defaults``; a bad one is one line, exit 2."""
+    try:
+        parsed = parse_kv(argv, defaults)
+        if parsed.paths:
+            raise ValueError(f"expected key=value options, got '{parsed.paths[0]}'; options: {', '.join(defaults)}")
+        return {k: float(v) if isinstance(defaults[k], float) else v for k, v in parsed.opts.items()}
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _typed(key: str, value: str, default: Any) -> Any:
     if isinstance(default, bool):
         if value.lower() not in ("true", "false", "1", "0"):

@@ -40,6 +40,7 @@ import torch
 
 from marlcli import results
 from marlcli.cli import evaluate_path
+from marlcli.cliutil import experiment_options
 from marlcli.config import compose
 from marlcli.envs import make_env
 from marlcli.nets.comm import CommEncoder
@@ -164,13 +165,9 @@ def mi(x: np.ndarray, y: np.ndarray) -> float:
 
 def options(argv: list[str], steps: int, tasks: str) -> tuple[dict[str, str], Path, int, int, list[int]]:
     """``key=value`` options -> (options, results_dir, steps, episodes, seeds 100..); sets torch's threads."""
-    opts = {"results_dir": "results/experiments/emergent_communication", "seeds": "5", "steps": str(steps),
-            "episodes": "1000", "tasks": tasks, "threads": "1"}
-    for a in argv:
-        k, _, v = a.partition("=")
-        if k not in opts:
-            sys.exit(f"unknown option {k}; options: {', '.join(opts)}")
-        opts[k] = v
+    opts = experiment_options(argv, {"results_dir": "results/experiments/emergent_communication", "seeds": "5",
+                                     "steps": str(steps), "episodes": "1000", "tasks": tasks, "threads": "1"},
+                              Path(sys.argv[0]).name)
     torch.set_num_threads(int(opts["threads"]))
     seeds = [100 + i for i in range(int(opts["seeds"]))]
     return opts, Path(opts["results_dir"]), int(opts["steps"]), int(opts["episodes"]), seeds

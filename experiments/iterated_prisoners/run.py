@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from marlcli.cliutil import experiment_options
+
 HERE = Path(__file__).resolve().parent
 COMMON = ["env=prisoners", "env.backend=native", "env.num_envs=64", "algo=ippo", "sharing=none",
           "algo.lr_schedule=constant", "algo.lr=0.001", "algo.rollout_steps=10", "device=cpu", "logger.progress=false",
@@ -35,12 +37,7 @@ AGENTS = ("player_0", "player_1")
 def parse(args: list[str]) -> dict[str, str]:
     opts = {"results_dir": "results/experiments/iterated_prisoners", "seeds": "3", "steps": "100000",
             "out": str(HERE)}
-    for a in args:
-        k, _, v = a.partition("=")
-        if k not in opts:
-            sys.exit(f"unknown option {k}; use {', '.join(opts)}")
-        opts[k] = v
-    return opts
+    return experiment_options(args, opts, Path(sys.argv[0]).name)
 
 
 def train(seed: int, opts: dict[str, str]) -> Path:

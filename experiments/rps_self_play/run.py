@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from marlcli.cliutil import experiment_options
 from marlcli.report import t_interval
 
 HERE = Path(__file__).resolve().parent
@@ -37,12 +38,7 @@ COMMON = ["env=rps", "env.backend=native", "env.num_envs=64", "algo=ippo", "algo
 
 def parse(args: list[str]) -> dict[str, str]:
     opts = {"results_dir": "results/experiments/rps_self_play", "seeds": "5", "steps": "600000", "out": str(HERE)}
-    for a in args:
-        k, _, v = a.partition("=")
-        if k not in opts:
-            sys.exit(f"unknown option {k}; use {', '.join(opts)}")
-        opts[k] = v
-    return opts
+    return experiment_options(args, opts, Path(sys.argv[0]).name)
 
 
 def train(variant: str, seed: int, opts: dict[str, str]) -> Path:

@@ -39,6 +39,7 @@ import torch
 
 from marlcli import results
 from marlcli.cli import evaluate_path
+from marlcli.cliutil import experiment_options
 from marlcli.config import compose
 from marlcli.envs import make_env
 from marlcli.evaluate import run_episodes
@@ -56,13 +57,7 @@ DEFAULTS: dict[str, Any] = {"results_dir": "results/experiments/swarm_transfer",
 
 
 def parse(argv: list[str]) -> dict[str, Any]:
-    opts = dict(DEFAULTS)
-    for a in argv:
-        k, _, v = a.partition("=")
-        if k not in opts:
-            sys.exit(f"run.py: error: unknown option '{k}'; options: {', '.join(opts)}")
-        opts[k] = type(DEFAULTS[k])(v)
-    return opts
+    return experiment_options(argv, DEFAULTS, "run.py")
 
 
 class RandomActor:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from marlcli.cliutil import experiment_options
 from marlcli.report import t_interval
 
 HERE = Path(__file__).resolve().parent
@@ -55,12 +56,7 @@ def parse(args: list[str]) -> dict[str, str]:
     opts = {"results_dir": "results/experiments/tag_self_play", "seeds": "100,101,102,103,104", "steps": "1024000",
             "iql_seeds": "100,101,102", "iql_steps": "1024000", "episodes": "1000", "eval_seed": "9000",
             "out": str(HERE)}
-    for a in args:
-        k, _, v = a.partition("=")
-        if k not in opts:
-            sys.exit(f"unknown option {k}; use {', '.join(opts)}")
-        opts[k] = v
-    return opts
+    return experiment_options(args, opts, Path(sys.argv[0]).name)
 
 
 def seeds_of(text: str) -> list[int]:

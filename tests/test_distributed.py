@@ -162,8 +162,10 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     out["ppo_grads"] = _ppo_grads(ref, half)
     out["q_grads"] = _q_grads(ref, half)
     torch.save(out, Path(tmp) / f"rank{rank}.pt")
-    dist.destroy_process_group()
     del seed_dir
+    dist.barrier()  # both ranks have written their results
+    dist.destroy_process_group()
+    distributed.quick_exit(0)  # as a real rank leaves: gloo's threads could std::terminate at interpreter exit
 
 
 @pytest.fixture(scope="module")

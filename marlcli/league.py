@@ -15,6 +15,13 @@ by the learner's mean score (1 win, 0.5 draw, 0 loss; a win = a higher episode r
 the opponent side's), and both ratings move by ``K * (score - expected)``. One game per member
 and update (not per episode) keeps the K-factor meaningful however many env copies run.
 
+**Fitted Elo.** The online rating is order-dependent and noisy (a snapshot's rating only moves
+while the learner plays it, and the learner keeps changing). The league therefore also keeps
+the whole pairwise record, every game counted, with the learner of each phase standing for the
+snapshot it becomes at the end of that phase (the learner between snapshots k and k+1 is player
+k+1), and ``table()`` reports ``elo_fit``: the maximum-likelihood (Bradley-Terry) ratings of
+all players from that record (``fit_elo``), the untrained snapshot at 1000.
+
 Everything here is plain tensors and floats, drawn from the league's own ``torch.Generator``,
 so ``state_dict()`` in the checkpoint makes a resumed run draw and rate exactly as an
 uninterrupted one. The results tree gets ``pool/member_<id>.pt`` (one loadable actor and
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,6 +69,9 @@ class League:
         self.learner_elo = 1000.0
         self.gen = torch.Generator().manual_seed(int(seed) + SEED_OFFSET)
         self.pending: list[tuple[Tensor, Tensor]] = []  # (member ids, scores) of games not yet rated
+        # the pairwise record: row = the learner's player id (len(members) while it plays), column = member
+        self.pair_games = torch.zeros(0, 0, dtype=torch.float64)
+        self.pair_score = torch.zeros(0, 0, dtype=torch.float64)
 
     # ------------------------------------------------------------------ membership
     def add(self, step: int, actor_state: dict[str, Tensor], source: str = "self", pinned: bool = False) -> Member:
@@ -112,6 +123,9 @@ class League:
         n = len(self.members)
         games = torch.bincount(ids, minlength=n).double()
         total = torch.zeros(n, dtype=torch.float64).index_add_(0, ids, scores)
+        self._grow(n + 1)
+        self.pair_games[n, :n] += games
+        self.pair_score[n, :n] += total
         for m in self.members:
             g = float(games[m.id])
             if g == 0:
@@ -125,9 +139,27 @@ class League:
         return {"selfplay/learner_elo": self.learner_elo, "selfplay/win_rate": float(scores.mean()),
                 "selfplay/pool_size": float(len(self.active()))}
 
+    def _grow(self, n: int) -> None:
+        """Pad the pairwise record to ``n`` players."""
+        old = len(self.pair_games)
+        if n > old:
+            for name in ("pair_games", "pair_score"):
+                grown = torch.zeros(n, n, dtype=torch.float64)
+                grown[:old, :old] = getattr(self, name)
+                setattr(self, name, grown)
+
+    def fitted(self) -> list[float]:
+        """Maximum-likelihood Elo of players 0..len(members) (the last one: the learner now)."""
+        n = len(self.members)
+        self._grow(n + 1)
+        if n == 0:
+            return []
+        return fit_elo(self.pair_score[: n + 1, : n + 1].numpy(), self.pair_games[: n + 1, : n + 1].numpy()).tolist()
+
     # ------------------------------------------------------------------ state and files
     def state_dict(self) -> dict[str, Any]:
         return {"learner_elo": self.learner_elo, "gen": self.gen.get_state(),
+                "pair_games": self.pair_games.clone(), "pair_score": self.pair_score.clone(),
                 "members": [{"id": m.id, "step": m.step, "actor": m.actor, "elo": m.elo, "games": m.games,
                              "score": m.score, "source": m.source, "pinned": m.pinned} for m in self.members]}
 
@@ -137,12 +169,16 @@ class League:
         self.members = [Member(int(d["id"]), int(d["step"]), dict(d["actor"]), float(d["elo"]), float(d["games"]),
                                float(d["score"]), str(d["source"]), bool(d["pinned"])) for d in state["members"]]
         self.pending = []
+        empty = torch.zeros(0, 0, dtype=torch.float64)  # checkpoints from before the fitted Elo
+        self.pair_games = state.get("pair_games", empty).clone()
+        self.pair_score = state.get("pair_score", empty).clone()
 
     def table(self) -> dict[str, Any]:
         """The Elo table as JSON-ready data (``pool/league.json``)."""
-        return {"learner_elo": self.learner_elo,
-                "members": [{"id": m.id, "step": m.step, "elo": m.elo, "games": m.games, "score": m.score,
-                             "source": m.source, "active": bool(m.actor)} for m in self.members]}
+        fit = self.fitted()
+        return {"learner_elo": self.learner_elo, "learner_elo_fit": fit[-1] if fit else None,
+                "members": [{"id": m.id, "step": m.step, "elo": m.elo, "elo_fit": fit[m.id], "games": m.games,
+                             "score": m.score, "source": m.source, "active": bool(m.actor)} for m in self.members]}
 
     def write(self, pool_dir: Path) -> None:
         """Write new members' files and the Elo table; drop files of members past this league (resume)."""
@@ -157,6 +193,36 @@ class League:
             if tail.isdigit() and int(tail) >= len(self.members):
                 path.unlink()
         results.atomic_write_text(pool_dir / "league.json", json.dumps(self.table(), indent=1) + "\n")
+
+
+def fit_elo(score: np.ndarray, games: np.ndarray, prior: float = 1.0) -> np.ndarray:
+    """Maximum-likelihood Elo ratings (Bradley-Terry) of a pairwise record, player 0 at 1000.
+
+    ``games[i, j]`` games of player i against player j, in which i scored ``score[i, j]`` in all
+    (1 win, 0.5 draw, 0 loss). Each player also plays ``prior`` virtual draws against a fixed
+    player (BayesElo's prior): it keeps the ratings of players with no games, or only wins,
+    finite, and weighs nothing next to thousands of real games. Newton's method on the
+    strictly concave log-likelihood, steps capped at 400 Elo.
+    """
+    g = np.asarray(games, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    n = len(g)
+    pairs = g + g.T
+    wins = s.sum(1) + (g - s).sum(0) + prior  # as the row player, as the column player, the virtual half
+    theta = np.zeros(n)  # natural log-strengths; the virtual opponent sits at 0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(theta[None, :] - theta[:, None]))  # P(i beats j)
+        p0 = 1.0 / (1.0 + np.exp(-theta))
+        grad = wins - (pairs * p).sum(1) - 2.0 * prior * p0
+        w = pairs * p * (1.0 - p)
+        hess = np.diag(w.sum(1) + 2.0 * prior * p0 * (1.0 - p0)) - w  # the negative Hessian
+        step = np.linalg.solve(hess, grad)
+        step *= min(1.0, np.log(10.0) / max(np.abs(step).max(), 1e-300))
+        theta += step
+        if np.abs(step).max() < 1e-10:
+            break
+    elo = theta * 400.0 / np.log(10.0)
+    return elo - elo[0] + 1000.0
 
 
 def load_member(path: Path) -> dict[str, Any]:

@@ -154,7 +154,7 @@ class League:
         self._grow(n + 1)
         if n == 0:
             return []
-        return fit_elo(self.pair_score[: n + 1, : n + 1].numpy(), self.pair_games[: n + 1, : n + 1].numpy()).tolist()
+        return fit_elo(self.pair_score[: n + 1, : n + 1].numpy(), self.pair_games[: n + 1, : n + 1].numpy())[0].tolist()
 
     # ------------------------------------------------------------------ state and files
     def state_dict(self) -> dict[str, Any]:
@@ -176,9 +176,12 @@ class League:
     def table(self) -> dict[str, Any]:
         """The Elo table as JSON-ready data (``pool/league.json``)."""
         fit = self.fitted()
+        g, sc = self.pair_games, self.pair_score
         return {"learner_elo": self.learner_elo, "learner_elo_fit": fit[-1] if fit else None,
                 "members": [{"id": m.id, "step": m.step, "elo": m.elo, "elo_fit": fit[m.id], "games": m.games,
-                             "score": m.score, "source": m.source, "active": bool(m.actor)} for m in self.members]}
+                             "score": m.score, "source": m.source, "active": bool(m.actor)} for m in self.members],
+                # the record elo_fit comes from: [player, member, games, score]; player len(members) = the learner
+                "pairs": [[i, j, float(g[i, j]), float(sc[i, j])] for i, j in torch.nonzero(g).tolist()]}
 
     def write(self, pool_dir: Path) -> None:
         """Write new members' files and the Elo table; drop files of members past this league (resume)."""
@@ -195,14 +198,16 @@ class League:
         results.atomic_write_text(pool_dir / "league.json", json.dumps(self.table(), indent=1) + "\n")
 
 
-def fit_elo(score: np.ndarray, games: np.ndarray, prior: float = 1.0) -> np.ndarray:
+def fit_elo(score: np.ndarray, games: np.ndarray, prior: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Maximum-likelihood Elo ratings (Bradley-Terry) of a pairwise record, player 0 at 1000.
 
     ``games[i, j]`` games of player i against player j, in which i scored ``score[i, j]`` in all
     (1 win, 0.5 draw, 0 loss). Each player also plays ``prior`` virtual draws against a fixed
     player (BayesElo's prior): it keeps the ratings of players with no games, or only wins,
     finite, and weighs nothing next to thousands of real games. Newton's method on the
-    strictly concave log-likelihood, steps capped at 400 Elo.
+    strictly concave log-likelihood, steps capped at 400 Elo. Returns the ratings and their
+    covariance (Elo squared; the inverse Fisher information), from which the standard error of
+    a difference ``r_i - r_j`` is ``sqrt(C_ii + C_jj - 2 C_ij)``.
     """
     g = np.asarray(games, dtype=np.float64)
     s = np.asarray(score, dtype=np.float64)
@@ -221,8 +226,9 @@ def fit_elo(score: np.ndarray, games: np.ndarray, prior: float = 1.0) -> np.ndar
         theta += step
         if np.abs(step).max() < 1e-10:
             break
-    elo = theta * 400.0 / np.log(10.0)
-    return elo - elo[0] + 1000.0
+    scale = 400.0 / np.log(10.0)
+    elo = theta * scale
+    return elo - elo[0] + 1000.0, np.linalg.inv(hess) * scale**2
 
 
 def load_member(path: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from marlcli.envs import make_env
 from marlcli.envs.asymmetric import SCORE_STAT, RoleSelfPlayVecEnv
 from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv, sub_spec
 from marlcli.evaluate import run_episodes
-from marlcli.league import load_member
+from marlcli.league import fit_elo, load_member
 
 MAX_SNAPSHOTS = 8
 EPISODES = 200
@@ -99,6 +99,11 @@ def write_payoff(sdir: Path, out_dir: Path) -> list[str]:
     lines = [f"{what} of the row snapshot (learning side) vs the column snapshot; {sdir}", "",
              "| row \\ column | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     lines += [f"| {labels[i]} | " + " | ".join(f"{v:+.2f}" for v in m[i]) + " |" for i in range(len(labels))]
+    if asym:  # scores are wins: the snapshots' maximum-likelihood Elo from this matrix alone
+        games = np.full(m.shape, float(EPISODES)) * (1.0 - np.eye(len(m)))
+        elo = fit_elo(m * games, games)[0]
+        lines += ["", f"Elo fitted to this matrix ({EPISODES} games per cell, the diagonal left out; "
+                      "the first snapshot at 1000): " + ", ".join(f"{lab} {e:.0f}" for lab, e in zip(labels, elo, strict=True))]
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(labels), 0.8 + 0.6 * len(labels)))
     lim = max(1e-9, float(np.abs(m).max()))

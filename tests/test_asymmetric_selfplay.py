@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_cfg, strip_time
@@ -148,6 +149,12 @@ def test_asymmetric_pool_bookkeeping(tmp_path: Path) -> None:
         actor.load_state_dict(torch.load(p, weights_only=True)["actor"])
     evals = [r for r in results.read_metrics(out / "metrics.jsonl") if "eval/selfplay_score" in r]
     assert evals and all(0.0 <= r["eval/selfplay_score"] <= 1.0 and "eval/win_rate/adversary" in r for r in evals)
+    assert all(np.isfinite(m["elo_fit"]) for m in table["members"]) and table["members"][0]["elo_fit"] == 1000.0
+    # marl report: the snapshots' payoff matrix by the outcome rule, with the Elo fitted to it
+    from marlcli.payoff import write_payoff
+
+    assert write_payoff(out, tmp_path) == ["payoff_t_seed0.md", "payoff_t_seed0.png"]
+    assert "Elo fitted to this matrix" in (tmp_path / "payoff_t_seed0.md").read_text()
 
 
 def test_asymmetric_resume_is_bit_for_bit(tmp_path: Path) -> None:

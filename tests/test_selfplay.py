@@ -16,7 +16,7 @@ from marlcli import results
 from marlcli.envs.matrix import MatrixVecEnv, prisoners_payoff, rps_payoff
 from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv
 from marlcli.errors import ConfigError
-from marlcli.league import League
+from marlcli.league import League, fit_elo
 from marlcli.trainer import train, validate
 from tests.conftest import make_cfg, strip_time
 
@@ -113,6 +113,41 @@ def test_elo_one_game_per_member_and_update() -> None:
     assert out["selfplay/win_rate"] == pytest.approx(0.75) and league.members[0].games == 4
     league.add(10, actor_state(1))  # a snapshot starts at the learner's rating
     assert league.members[1].elo == pytest.approx(1004.0)
+
+
+def test_fitted_elo_is_the_maximum_likelihood_rating() -> None:
+    # two players, 3 wins of 4: the Bradley-Terry rating difference is 400 log10(3) (prior ~ 0)
+    games, score = np.array([[0.0, 4.0], [0.0, 0.0]]), np.array([[0.0, 3.0], [0.0, 0.0]])
+    assert fit_elo(score, games, prior=1e-9)[0][1] == pytest.approx(1000.0 - 400.0 * np.log10(3.0), abs=1e-6)
+    # many games between players of known ratings: the fit recovers them
+    true = np.array([1000.0, 1100.0, 1200.0, 1400.0])
+    expected = 1.0 / (1.0 + 10.0 ** ((true[None, :] - true[:, None]) / 400.0))
+    games = np.full((4, 4), 10_000.0) - np.diag(np.full(4, 10_000.0))
+    elo, cov = fit_elo(expected * games, games)
+    np.testing.assert_allclose(elo, true, atol=0.5)
+    se = np.sqrt(cov[1, 1] + cov[0, 0] - 2 * cov[0, 1])  # ~ 400 / ln10 / sqrt(games p (1-p) ...): a few Elo
+    assert 1.0 < se < 5.0
+    # a player with no games, or only wins, stays finite (the prior)
+    out, _ = fit_elo(np.array([[0.0, 4.0, 0.0], [0.0] * 3, [0.0] * 3]), np.array([[0.0, 4.0, 0.0], [0.0] * 3, [0.0] * 3]))
+    assert np.isfinite(out).all() and out[2] > out[1]
+
+
+def test_the_learner_of_a_phase_stands_for_the_snapshot_it_becomes() -> None:
+    league = League(sp(), seed=0)
+    league.add(0, actor_state(0))
+    league.record(torch.tensor([0] * 8), torch.tensor([1.0] * 6 + [0.0] * 2))  # the learner after snapshot 0
+    league.rate()
+    league.add(10, actor_state(1))
+    league.record(torch.tensor([0] * 4 + [1] * 4), torch.tensor([1.0] * 4 + [0.5] * 4))
+    league.rate()
+    assert league.pair_games[1, 0] == 8 and league.pair_score[1, 0] == 6  # phase 0's games: player 1 vs 0
+    assert league.pair_games[2, :2].tolist() == [4.0, 4.0] and league.pair_score[2, :2].tolist() == [4.0, 2.0]
+    table = league.table()
+    fit = [m["elo_fit"] for m in table["members"]] + [table["learner_elo_fit"]]
+    assert fit[0] == 1000.0 and fit[0] < fit[1] <= fit[2]
+    copy = League(sp(), seed=0)
+    copy.load_state_dict(league.state_dict())
+    assert copy.table() == table
 
 
 # ----------------------------------------------------------------------------- the wrapper

@@ -46,7 +46,7 @@ VARIANTS = ("pool", "latest")
 MAPPO = ["env=tag", "env.backend=native", "algo=mappo", "sharing=role", "selfplay.snapshot_interval=51200",
          "selfplay.pool_size=1000", "device=cpu", "logger.progress=false", "train.log_interval=51200",
          "train.eval_interval=102400", "train.eval_episodes=500", "train.eval_envs=500",
-         "train.eval_deterministic=false", "train.checkpoint_interval=100000000"]
+         "train.eval_deterministic=false", "train.checkpoint_interval=100000000", "selfplay.rate_eval=true"]
 IQL = ["env=tag", "env.backend=native", "algo=iql", "selfplay=none", "device=cpu", "logger.progress=false",
        "train.log_interval=51200", "train.eval_interval=102400", "train.eval_episodes=500", "train.eval_envs=500",
        "train.checkpoint_interval=100000000"]
@@ -114,12 +114,32 @@ def snapshot_curve(sdir: Path, episodes: int, seed: int) -> dict[str, list[float
     return out
 
 
+def increasing(x: list[float]) -> bool:
+    return bool(all(b > a for a, b in zip(x, x[1:], strict=False)))
+
+
 def elo_table(sdir: Path) -> dict[str, Any]:
+    """A run's Elo tables: the fitted one (``elo_fit``, with each step's difference and its standard
+    error) and the online one (``elo``), and whether each rises strictly in snapshot order."""
+    from marlcli.league import fit_elo
+
     table = json.loads((sdir / "pool" / "league.json").read_text())
-    elo = [m["elo"] for m in table["members"]]
-    return {"step": [m["step"] for m in table["members"]], "elo": elo, "games": [m["games"] for m in table["members"]],
-            "strictly_increasing": bool(all(b > a for a, b in zip(elo, elo[1:], strict=False))),
-            "spearman": spearman(elo), "learner_elo": table["learner_elo"]}
+    members = table["members"]
+    n = 1 + max([len(members) - 1, *(max(i, j) for i, j, _, _ in table["pairs"])])
+    games, score = np.zeros((n, n)), np.zeros((n, n))
+    for i, j, g, sc in table["pairs"]:
+        games[int(i), int(j)], score[int(i), int(j)] = g, sc
+    fit, cov = fit_elo(score, games)
+    k = len(members)
+    diff = [float(fit[i + 1] - fit[i]) for i in range(k - 1)]
+    se = [float(np.sqrt(cov[i, i] + cov[i + 1, i + 1] - 2 * cov[i, i + 1])) for i in range(k - 1)]
+    elo, elo_fit = [m["elo"] for m in members], [m["elo_fit"] for m in members]
+    return {"step": [m["step"] for m in members], "elo_fit": elo_fit, "elo": elo, "games": [m["games"] for m in members],
+            "step_diff": diff, "step_diff_se": se,
+            "strictly_increasing": increasing(elo_fit), "online_strictly_increasing": increasing(elo),
+            "significant_inversions": int(sum(d < -2 * e for d, e in zip(diff, se, strict=True))),
+            "spearman": spearman(elo_fit), "online_spearman": spearman(elo), "learner_elo": table["learner_elo"],
+            "learner_elo_fit": table["learner_elo_fit"]}
 
 
 def crossplay(runs: list[tuple[str, int, Path]], episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray, list]:
@@ -220,6 +240,8 @@ def main(args: list[str]) -> None:
             "final_self_play_catches": [x["catches"][-1] for x in c],
             "final_self_play_catch_rate": [x["catch_rate"][-1] for x in c],
             "elo_strictly_increasing_seeds": int(sum(x["strictly_increasing"] for x in e)),
+            "elo_no_significant_inversion_seeds": int(sum(x["significant_inversions"] == 0 for x in e)),
+            "online_elo_strictly_increasing_seeds": int(sum(x["online_strictly_increasing"] for x in e)),
             "elo_spearman": [x["spearman"] for x in e],
             "elo_spearman_above_0.9_seeds": int(sum(x["spearman"] > 0.9 for x in e)),
         }
@@ -239,14 +261,17 @@ def main(args: list[str]) -> None:
 
 def write_table(s: dict[str, Any]) -> str:
     f = lambda m, c: f"{m:.3f} [{c[0]:.3f}, {c[1]:.3f}]"  # noqa: E731
-    lines = ["| predators of | vs pool prey | vs latest prey | vs all prey | Elo strictly increasing | "
-             "Elo Spearman (per seed) |", "|---|---|---|---|---|---|"]
+    lines = ["| predators of | vs pool prey | vs latest prey | vs all prey | fitted Elo strictly increasing | "
+             "no inversion beyond 2 SE | online Elo strictly increasing | fitted Elo Spearman (per seed) |",
+             "|---|---|---|---|---|---|---|---|"]
     for v in VARIANTS:
         x = s["variants"][v]
         w, c = x["predators_win_rate"], x["predators_win_rate_ci95"]
         lines.append(f"| {v} | {f(w['vs_pool_prey'], c['vs_pool_prey'])} | {f(w['vs_latest_prey'], c['vs_latest_prey'])}"
-                     f" | {f(w['vs_all_prey'], c['vs_all_prey'])} | {x['elo_strictly_increasing_seeds']}/"
-                     f"{len(s['seeds'])} | {', '.join(f'{r:.2f}' for r in x['elo_spearman'])} |")
+                     f" | {f(w['vs_all_prey'], c['vs_all_prey'])} | {x['elo_strictly_increasing_seeds']}/{len(s['seeds'])}"
+                     f" | {x['elo_no_significant_inversion_seeds']}/{len(s['seeds'])}"
+                     f" | {x['online_elo_strictly_increasing_seeds']}/{len(s['seeds'])}"
+                     f" | {', '.join(f'{r:.2f}' for r in x['elo_spearman'])} |")
     lines += ["", "| prey of | win rate vs pool predators | vs latest predators |", "|---|---|---|"]
     for v in VARIANTS:
         x = s["variants"][v]
@@ -289,8 +314,8 @@ def plot(runs: list, curves: dict, elos: dict, win: np.ndarray, iql: dict, path:
     ax = axes[1]
     for k, e in elos.items():
         v = k.split("/")[0]
-        ax.plot(e["step"], e["elo"], color=colors[v], alpha=0.7, ls="-" if v == "pool" else "--")
-    ax.set_title("Elo of the snapshots (training games; solid pool, dashed latest)")
+        ax.plot(e["step"], e["elo_fit"], color=colors[v], alpha=0.7, ls="-" if v == "pool" else "--")
+    ax.set_title("fitted Elo of the snapshots (training + evaluation games; solid pool, dashed latest)", fontsize=9)
     ax.set_xlabel("snapshot (env step)")
     ax = axes[2]
     im = ax.imshow(win, cmap="RdBu_r", vmin=0, vmax=1)

@@ -12,8 +12,10 @@ evaluation seed ``eval_seed`` with sampled actions:
 
 * **catches per episode over training**: every pool snapshot (``pool/member_<id>.pt``, the full
   actor) plays itself (its predators vs its prey), ``episodes`` episodes;
-* **Elo of the snapshots** from the training games (``pool/league.json``): is it monotone in
-  snapshot order (strictly increasing; and Spearman's rank correlation with the snapshot order);
+* **Elo of the snapshots** fitted to every game of training and of the evaluations during training
+  (``elo_fit`` and ``pairs`` in ``pool/league.json``): is it monotone in snapshot order (strictly
+  increasing; no drop larger than twice its standard error; Spearman's rank correlation with the
+  snapshot order), and the same for the online Elo;
 * **cross-play** of the final actors: the predators of every run against the prey of every run
   (``marlcli.crossplay.evaluate_vs``, the ``adversary`` side), the predators' win rate by tag's
   outcome rule (a catch in the episode) and the catches per episode;
@@ -43,8 +45,11 @@ from marlcli.report import t_interval
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("pool", "latest")
-MAPPO = ["env=tag", "env.backend=native", "algo=mappo", "sharing=role", "selfplay.snapshot_interval=51200",
-         "selfplay.pool_size=1000", "device=cpu", "logger.progress=false", "train.log_interval=51200",
+# pool: a snapshot every 204,800 steps (6 with the untrained one; calibration seeds 0-2: with 51,200 or 102,400
+# the first snapshots are no stronger than the untrained actor); latest: a fresh opponent every 51,200 (4 updates)
+SNAPSHOT = {"pool": 204800, "latest": 51200}
+MAPPO = ["env=tag", "env.backend=native", "algo=mappo", "sharing=role", "selfplay.pool_size=1000", "device=cpu",
+         "logger.progress=false", "train.log_interval=51200",
          "train.eval_interval=102400", "train.eval_episodes=500", "train.eval_envs=500",
          "train.eval_deterministic=false", "train.checkpoint_interval=100000000", "selfplay.rate_eval=true"]
 IQL = ["env=tag", "env.backend=native", "algo=iql", "selfplay=none", "device=cpu", "logger.progress=false",
@@ -206,7 +211,8 @@ def main(args: list[str]) -> None:
     runs: list[tuple[str, int, Path]] = []
     for v in VARIANTS:
         for s in seeds:
-            runs.append((v, s, train("mappo", v, s, opts["steps"], [f"selfplay={v}", *MAPPO], opts)))
+            extra = [f"selfplay={v}", f"selfplay.snapshot_interval={SNAPSHOT[v]}", *MAPPO]
+            runs.append((v, s, train("mappo", v, s, opts["steps"], extra, opts)))
     iql = [train("iql", "iql", s, opts["iql_steps"], IQL, opts) for s in iql_seeds]
     train_s = time.time() - t0
     curves = {f"{v}/{s}": snapshot_curve(d, episodes, eval_seed) for v, s, d in runs}
@@ -221,7 +227,7 @@ def main(args: list[str]) -> None:
     n = len(seeds)
     idx = {v: list(range(k * n, (k + 1) * n)) for k, v in enumerate(VARIANTS)}
     summary: dict[str, Any] = {"steps": int(opts["steps"]), "seeds": seeds, "eval_seed": eval_seed,
-                               "episodes_per_cell": episodes, "config": MAPPO, "iql_config": IQL,
+                               "episodes_per_cell": episodes, "config": MAPPO, "snapshot_interval": SNAPSHOT, "iql_config": IQL,
                                "iql_seeds": iql_seeds, "iql_steps": int(opts["iql_steps"]), "variants": {}}
     for v in VARIANTS:
         me = idx[v]

@@ -21,7 +21,9 @@ evaluation seed ``eval_seed`` with sampled actions:
   outcome rule (a catch in the episode) and the catches per episode;
 * **IQL** (``algo=iql``, ``selfplay=none``) on tag: the predators' catch rate at each evaluation
   during training (``eval/win_rate/adversary`` in ``metrics.jsonl``), and cross-play of IQL's final
-  actors with each other's and with the MAPPO runs' (IQL's Q-actors act greedily).
+  actors with each other's and with the MAPPO runs' (IQL's Q-actors act greedily);
+* **coordination** of every run's final predators (``coordination``): the team's catch rate against
+  the run's own prey vs the union, episode by episode, of each predator hunting alone.
 
 Writes ``summary.json``, ``table.md``, ``tag_self_play.png`` and ``raw/`` (per-run curves, Elo
 tables and the cross-play rows) into ``out``.
@@ -193,6 +195,57 @@ def iql_crossplay(iql: list[tuple[int, Path]], runs: list[tuple[str, int, Path]]
     return {"rows": rows, "predators_win_rate": table}
 
 
+class StillExcept(torch.nn.Module):
+    """``actor`` plays; the predators not in ``keep`` stand still (discrete action 0, the no-op)."""
+
+    def __init__(self, actor: torch.nn.Module, still: list[int]) -> None:
+        super().__init__()
+        self.actor, self.still = actor, still
+
+    def initial_hidden(self, batch: int) -> torch.Tensor | None:
+        return self.actor.initial_hidden(batch)
+
+    def act(self, obs, avail, hidden, deterministic):  # noqa: ANN001, ANN201
+        actions, hidden = self.actor.act(obs, avail, hidden, deterministic)
+        actions = actions.clone()
+        actions[:, self.still] = 0
+        return actions, hidden
+
+
+@torch.no_grad()
+def coordination(sdir: Path, episodes: int, seed: int) -> dict[str, Any]:
+    """Do a run's final predators hunt together? Against the run's own final prey, from the same
+    ``episodes`` start layouts: the team's catch rate, each predator's catch rate alone (the other
+    two standing still), and the team's gain over the union of the three solo hunts, episode by
+    episode (``team - mean(max_i alone_i)``: above 0, together they catch prey none of them
+    catches alone; below 0, they get in each other's way or chase the same line)."""
+    from marlcli import results
+    from marlcli.algos import load_family
+    from marlcli.envs import make_env
+    from marlcli.evaluate import run_episodes
+
+    payload = results.load_checkpoint(sdir)
+    cfg = results.checkpoint_config(payload)
+
+    def caught(still: list[int]) -> torch.Tensor:
+        env = make_env(cfg.env, episodes, seed, torch.device("cpu"))  # one episode per copy: same layouts
+        actor = load_family(cfg.algo).make_actor(env.spec, cfg)
+        results.restore(actor, payload["actor"], "actor", payload)
+        torch.manual_seed(seed)
+        out = run_episodes(StillExcept(actor.eval(), still), env, episodes, False).stats["catches"] >= 1
+        env.close()
+        return out.double()
+
+    spec_env = make_env(cfg.env, 1, seed, torch.device("cpu"))
+    predators = [i for i, a in enumerate(spec_env.spec.agents) if a.startswith("adversary")]
+    spec_env.close()
+    team = caught([])
+    alone = [caught([j for j in predators if j != i]) for i in predators]
+    union = torch.stack(alone).amax(0)
+    return {"team": float(team.mean()), "alone": [float(a.mean()) for a in alone], "union_of_alone": float(union.mean()),
+            "gain": float(team.mean() - union.mean())}
+
+
 def eval_curve(sdir: Path) -> dict[str, list[float]]:
     rows = [json.loads(x) for x in (sdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rows = [r for r in rows if "eval/win_rate/adversary" in r]
@@ -220,8 +273,10 @@ def main(args: list[str]) -> None:
     win, catches, rows = crossplay(runs, episodes, eval_seed)
     iql_curves = {str(s): eval_curve(d) for s, d in zip(iql_seeds, iql, strict=True)}
     iql_x = iql_crossplay(list(zip(iql_seeds, iql, strict=True)), runs, episodes, eval_seed)
+    coord = {f"{v}/{s}": coordination(d, episodes, eval_seed) for v, s, d in runs}
+    coord.update({f"iql/{s}": coordination(d, episodes, eval_seed) for s, d in zip(iql_seeds, iql, strict=True)})
     for name, data in (("snapshot_curves", curves), ("elo", elos), ("crossplay", rows), ("iql", iql_curves),
-                       ("iql_crossplay", iql_x["rows"])):
+                       ("iql_crossplay", iql_x["rows"]), ("coordination", coord)):
         (out / "raw" / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
 
     n = len(seeds)
@@ -256,6 +311,12 @@ def main(args: list[str]) -> None:
                       "first_catch_rate": [x["catch_rate"][0] for x in iql_curves.values()],
                       "final_catches": [x["catches"][-1] for x in iql_curves.values()],
                       "crossplay_predators_win_rate": iql_x["predators_win_rate"]}
+    summary["coordination"] = {}
+    for v in (*VARIANTS, "iql"):
+        cs = [x for k, x in coord.items() if k.startswith(v + "/")]
+        summary["coordination"][v] = {k: float(np.mean([c[k] for c in cs])) for k in ("team", "union_of_alone", "gain")}
+        summary["coordination"][v]["gain_ci95"] = ci([c["gain"] for c in cs])
+        summary["coordination"][v]["alone_mean"] = float(np.mean([np.mean(c["alone"]) for c in cs]))
     summary["train_s"] = round(train_s, 1)
     summary["wall_s"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -295,6 +356,12 @@ def write_table(s: dict[str, Any]) -> str:
     lines.append("| iql | " + " | ".join(f"{x['iql'][k]:.3f}" for k in ("iql", *VARIANTS)) + " |")
     for v in VARIANTS:
         lines.append(f"| {v} | {x[v]['iql']:.3f} | | |")
+    lines += ["", "Coordination of the final predators against their own run's final prey (catch rate; alone = one "
+              "predator hunts, the other two stand still; gain = team - union of the three solo hunts, per episode):",
+              "", "| predators of | team | one alone (mean) | union of solo hunts | gain |", "|---|---|---|---|---|"]
+    for v, c in s["coordination"].items():
+        lines.append(f"| {v} | {c['team']:.3f} | {c['alone_mean']:.3f} | {c['union_of_alone']:.3f} | "
+                     f"{f(c['gain'], c['gain_ci95'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -539,7 +539,7 @@ def export(path: Path, formats: tuple[str, ...] = FORMATS, out: Path | None = No
     Nothing is written unless every file passes the parity check.
     """
     import marlcli
-    from marlcli import results
+    from marlcli import results, selfplay
     from marlcli.algos import load_family
     from marlcli.trainer import env_for_eval
 
@@ -563,6 +563,10 @@ def export(path: Path, formats: tuple[str, ...] = FORMATS, out: Path | None = No
     cpu = torch.device("cpu")
     env = env_for_eval(cfg, min(parity_episodes, 16), seed, cpu)
     try:
+        # a mirrored self-play run's actor covers the learning slots only: record it against its pool
+        full = env.spec.agents
+        env = selfplay.opponents_for_eval(cfg, env, payload, cpu, seed=seed)
+        mirrored = list(env.spec.agents) if list(env.spec.agents) != list(full) else None
         spec = env.spec
         actor = load_family(cfg.algo).make_actor(spec, cfg)
         actor_kind(actor)  # an actor marl export has no adapter for fails before anything runs
@@ -627,6 +631,8 @@ def export(path: Path, formats: tuple[str, ...] = FORMATS, out: Path | None = No
                        "family": str(cfg.algo.family), "sharing": sharing, "run": str(cfg.run), "seed": int(cfg.seed),
                        "config": "source_config.yaml"},
             "versions": versions,
+            # a mirrored self-play run (rps, prisoners): its one actor serves the learning slots listed in agents
+            "selfplay": None if mirrored is None else {"mode": str(cfg.selfplay.mode), "learning_slots": mirrored},
             "opset": OPSET if "onnx" in formats else None,
             "onnx_exporter": f"torch.onnx {used}" if "onnx" in formats else None,
             "formats": list(formats),
@@ -781,6 +787,10 @@ def evaluate_export(path: Path, episodes: int = 1000, seed: int = 0, determinist
     if not deterministic:
         raise ExportError("exported actors act deterministically (argmax / mean); use deterministic=true")
     src = manifest["source"]
+    if manifest.get("selfplay"):
+        raise ExportError(f"{root} serves the learning slots of a mirrored self-play run "
+                          f"({', '.join(manifest['selfplay']['learning_slots'])}), not every agent of the env; "
+                          "evaluate the run itself: marl eval <seed dir>")
     given = dict(o.split("=", 1) for o in overrides or [])
     cfg = results.checkpoint_config({"config": (root / src["config"]).read_text(), "_path": str(root / src["config"])},
                                     overrides=given)

@@ -237,3 +237,22 @@ def test_eval_export_bad_input(trained, tmp_path: Path) -> None:
     _export(trained("mappo"), out, "format=onnx")
     with pytest.raises(ex.ExportError, match="deterministic"):
         evaluate_export(out, episodes=2, envs=2, deterministic=False)
+
+
+@pytest.mark.parametrize("game", ["rps", "tag"])
+def test_export_of_a_self_play_run(game: str, tmp_path: Path) -> None:
+    """Mirrored self-play (rps): the one actor of the learning slot, recorded against its pool; asymmetric
+    self-play (tag): the full actor, every role. The mirrored export names its slots and is not run as a team."""
+    extra = (["env=rps", "algo=ippo", "selfplay.snapshot_interval=100"] if game == "rps" else
+             ["env=tag", "env.backend=native", "env.max_cycles=10", "algo=mappo", "sharing=role",
+              "selfplay.snapshot_interval=50"])
+    sdir = train(make_cfg(f"results_dir={tmp_path}", "run=sp", "train.total_steps=200", *TINY, "selfplay=pool", *extra))
+    manifest = _export(sdir, tmp_path / "e")
+    agents = [a["name"] for a in manifest["agents"]]
+    if game == "rps":
+        assert agents == ["player_0"] and manifest["selfplay"] == {"mode": "pool", "learning_slots": ["player_0"]}
+        with pytest.raises(ex.ExportError, match="mirrored self-play"):
+            evaluate_export(tmp_path / "e", episodes=2, envs=2)
+    else:
+        assert len(agents) == 4 and manifest["selfplay"] is None
+        assert evaluate_export(tmp_path / "e", episodes=4, envs=4)[0]["episodes"] == 4

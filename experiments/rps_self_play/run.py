@@ -96,6 +96,8 @@ def main(args: list[str]) -> None:
             "argmax_switches": [argmax_switches(c["policy"]) for c in data[v]],
             "per_seed": {"time_averaged": fin_avg, "latest": fin_latest},
         }
+    # the headline figures in one place for scripts: {"pool": {"time_averaged": ., "latest": .}, "latest": {...}}
+    summary["exploitability"] = {v: summary["variants"][v]["exploitability"] for v in VARIANTS}
     summary["wall_s"] = round(time.time() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

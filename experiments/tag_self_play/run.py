@@ -1,8 +1,8 @@
 """Tag (3 predators vs 1 prey): asymmetric self-play with a pool of past selves vs against the latest self,
 plus independent Q-learners trained together (no self-play).
 
-    python experiments/tag_self_play/run.py [results_dir=results/experiments/tag_self_play] [seeds=100,101,102,103,104]
-        [steps=1024000] [iql_seeds=100,101,102] [iql_steps=1024000] [episodes=1000] [eval_seed=9000]
+    python experiments/tag_self_play/run.py [results_dir=results/experiments/tag_self_play] [seeds=110,111,112,113,114]
+        [steps=1024000] [iql_seeds=110,111,112] [iql_steps=1024000] [episodes=1000] [eval_seed=9000]
         [out=experiments/tag_self_play]
 
 Trains MAPPO (``sharing=role``: one network for the predators, one for the prey) on the native
@@ -47,9 +47,9 @@ from marlcli.report import t_interval
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("pool", "latest")
-# pool: a snapshot every 204,800 steps (6 with the untrained one; calibration seeds 0-2: with 51,200 or 102,400
-# the first snapshots are no stronger than the untrained actor); latest: a fresh opponent every 51,200 (4 updates)
-SNAPSHOT = {"pool": 204800, "latest": 51200}
+# pool: a snapshot every 256,000 steps (5 with the untrained one; calibration seeds 0-4, tuning/: closer
+# snapshots are no stronger than the untrained actor at first); latest: a fresh opponent every 51,200 (4 updates)
+SNAPSHOT = {"pool": 256000, "latest": 51200}
 MAPPO = ["env=tag", "env.backend=native", "algo=mappo", "sharing=role", "selfplay.pool_size=1000", "device=cpu",
          "logger.progress=false", "train.log_interval=51200",
          "train.eval_interval=102400", "train.eval_episodes=500", "train.eval_envs=500",
@@ -60,8 +60,8 @@ IQL = ["env=tag", "env.backend=native", "algo=iql", "selfplay=none", "device=cpu
 
 
 def parse(args: list[str]) -> dict[str, str]:
-    opts = {"results_dir": "results/experiments/tag_self_play", "seeds": "100,101,102,103,104", "steps": "1024000",
-            "iql_seeds": "100,101,102", "iql_steps": "1024000", "episodes": "1000", "eval_seed": "9000",
+    opts = {"results_dir": "results/experiments/tag_self_play", "seeds": "110,111,112,113,114", "steps": "1024000",
+            "iql_seeds": "110,111,112", "iql_steps": "1024000", "episodes": "1000", "eval_seed": "9000",
             "out": str(HERE)}
     return experiment_options(args, opts, Path(sys.argv[0]).name)
 

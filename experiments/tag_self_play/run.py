@@ -246,6 +246,39 @@ def coordination(sdir: Path, episodes: int, seed: int) -> dict[str, Any]:
             "gain": float(team.mean() - union.mean())}
 
 
+@torch.no_grad()
+def first_snapshot_roles(sdir: Path, episodes: int, seed: int) -> dict[str, float]:
+    """Why the first snapshot is barely stronger than the untrained actor: the four pairings of the
+    untrained (0) and the first snapshot's (1) predators and prey, each pairing's catch rate and
+    the prey's mean return (``predK_preyL``)."""
+    from marlcli import results
+    from marlcli.algos import load_family
+    from marlcli.crossplay import SideBySide
+    from marlcli.envs import make_env
+    from marlcli.evaluate import run_episodes
+    from marlcli.league import load_member
+
+    cfg = results.checkpoint_config(results.load_checkpoint(sdir))
+    env = make_env(cfg.env, episodes, seed, torch.device("cpu"))
+    predators = [a.startswith("adversary") for a in env.spec.agents]
+    actors = []
+    for i in (0, 1):
+        actor = load_family(cfg.algo).make_actor(env.spec, cfg)
+        actor.load_state_dict(load_member(sdir / "pool" / f"member_{i}.pt")["actor"])
+        actors.append(actor.eval())
+    env.close()
+    out: dict[str, float] = {}
+    for p in (0, 1):
+        for q in (0, 1):
+            env = make_env(cfg.env, episodes, seed, torch.device("cpu"))
+            torch.manual_seed(seed)
+            r = run_episodes(SideBySide(actors[p], actors[q], predators), env, episodes, False)
+            env.close()
+            out[f"pred{p}_prey{q}_catch_rate"] = float((r.stats["catches"] >= 1).double().mean())
+            out[f"pred{p}_prey{q}_prey_return"] = float(r.returns[:, [not x for x in predators]].mean())
+    return out
+
+
 def eval_curve(sdir: Path) -> dict[str, list[float]]:
     rows = [json.loads(x) for x in (sdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rows = [r for r in rows if "eval/win_rate/adversary" in r]
@@ -275,8 +308,9 @@ def main(args: list[str]) -> None:
     iql_x = iql_crossplay(list(zip(iql_seeds, iql, strict=True)), runs, episodes, eval_seed)
     coord = {f"{v}/{s}": coordination(d, episodes, eval_seed) for v, s, d in runs}
     coord.update({f"iql/{s}": coordination(d, episodes, eval_seed) for s, d in zip(iql_seeds, iql, strict=True)})
+    first = {f"pool/{s}": first_snapshot_roles(d, episodes, eval_seed) for v, s, d in runs if v == "pool"}
     for name, data in (("snapshot_curves", curves), ("elo", elos), ("crossplay", rows), ("iql", iql_curves),
-                       ("iql_crossplay", iql_x["rows"]), ("coordination", coord)):
+                       ("iql_crossplay", iql_x["rows"]), ("coordination", coord), ("first_snapshot_roles", first)):
         (out / "raw" / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
 
     n = len(seeds)
@@ -317,6 +351,7 @@ def main(args: list[str]) -> None:
         summary["coordination"][v] = {k: float(np.mean([c[k] for c in cs])) for k in ("team", "union_of_alone", "gain")}
         summary["coordination"][v]["gain_ci95"] = ci([c["gain"] for c in cs])
         summary["coordination"][v]["alone_mean"] = float(np.mean([np.mean(c["alone"]) for c in cs]))
+    summary["first_snapshot_roles"] = {k: float(np.mean([x[k] for x in first.values()])) for k in next(iter(first.values()))}
     summary["train_s"] = round(train_s, 1)
     summary["wall_s"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

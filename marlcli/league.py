@@ -151,10 +151,12 @@ class League:
     def fitted(self) -> list[float]:
         """Maximum-likelihood Elo of players 0..len(members) (the last one: the learner now)."""
         n = len(self.members)
-        self._grow(n + 1)
         if n == 0:
             return []
-        return fit_elo(self.pair_score[: n + 1, : n + 1].numpy(), self.pair_games[: n + 1, : n + 1].numpy())[0].tolist()
+        games, score = np.zeros((n + 1, n + 1)), np.zeros((n + 1, n + 1))
+        k = min(len(self.pair_games), n + 1)  # the record holds the players that have played so far
+        games[:k, :k], score[:k, :k] = self.pair_games[:k, :k].numpy(), self.pair_score[:k, :k].numpy()
+        return fit_elo(score, games)[0].tolist()
 
     # ------------------------------------------------------------------ state and files
     def state_dict(self) -> dict[str, Any]:

@@ -8,8 +8,12 @@ Each side plays through its own run's actor only (loaded with ``weights_only``, 
 * a **plain run**, or an **asymmetric self-play run** (tag: its actor covers every role), has an
   actor for every agent; for each side (each role when the env has
   several, ``adversary`` vs ``agent`` on tag; else each agent) PATH's actor plays that side and
-  OTHER's actor all the others. Agent i's action depends on agent i's observation only, so
-  running both actors on the full observation and keeping each one's own agents is exact.
+  OTHER's actor all the others. Without a message channel agent i's action depends on agent i's
+  observation only; with one (``comm``), on its own team's messages, and a team is a role
+  (``marlcli.nets.comm.same_team``: tag's predators talk to predators only). So when the sides
+  are roles, running both actors on the full observation and keeping each one's own agents is
+  exact. When the sides are single agents of one team (spread), PATH's agent would hear messages
+  that PATH's actor makes up for OTHER's agents: such runs with a channel are refused (one line).
 
 Rows are ``eval/...`` summaries plus ``side`` (what PATH played) and ``vs``; on games with several
 roles also ``win_rate``, PATH's side's score by the env's outcome rule (``marlcli.envs.outcome``;
@@ -28,7 +32,7 @@ from marlcli import results
 from marlcli.algos import load_family
 from marlcli.envs.base import role_of
 from marlcli.envs.outcome import role_scores
-from marlcli.errors import CheckpointError
+from marlcli.errors import CheckpointError, ConfigError
 from marlcli.evaluate import run_episodes
 
 
@@ -111,8 +115,13 @@ def evaluate_vs(path: Path, other: Path, episodes: int = 1000, seed: int = 0, de
                 rows.append({**base, "side": ",".join(wrapped.spec.agents), **_strip(res.summary())})
                 continue
             spec = env.spec
-            a, b = _actor(payload, spec, cfg, dev), _actor(theirs, spec, their_cfg, dev)
             sides = spec.roles if len(spec.roles) > 1 else list(spec.agents)
+            talking = [c for c in (cfg, their_cfg) if str(c.get("comm", {}).get("type", "none")) != "none"]
+            if talking and len(spec.roles) == 1 and spec.n_agents > 1:
+                raise ConfigError(f"vs={other}: cross-play on env={spec.name} puts single agents of one team side by "
+                                  f"side, and with comm={talking[0].comm.type} each would hear messages its own actor "
+                                  "makes up for the other run's agents; cross-play runs without a channel")
+            a, b = _actor(payload, spec, cfg, dev), _actor(theirs, spec, their_cfg, dev)
             for side in sides:
                 mask = [(role_of(x) if len(spec.roles) > 1 else x) == side for x in spec.agents]
                 res = run_episodes(SideBySide(a, b, mask), env, episodes, deterministic)

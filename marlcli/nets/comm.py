@@ -8,9 +8,25 @@ messages of the agents it hears (``neighbors``); the actor's head then sees
 the other agents only through their messages (and, for ``neighbors=nearest|radius``, their
 positions, i.e. who is in radio range).
 
+Messages stay within a team (issue 25). A team is a role (``EnvSpec.roles``, the agent-name
+prefix: tag's ``adversary`` predators and ``agent`` prey; adversary's ``adversary`` and its
+``agent`` team), the sides marlcli already evaluates, self-plays and cross-plays apart. Without
+that, the predators' loss back-propagated through the prey's messages into the prey's sender
+(the prey learnt to leak its observation to its hunters). With it, every team's outputs depend
+on its own members only, which also makes the joint forward exact where one actor computes
+messages for agents another actor plays: the frozen roles of asymmetric self-play (their
+messages, like their actions, come from the snapshot's own forward) and a whole role in
+cross-play. ``marlcli.crossplay`` refuses a channel when its sides are single agents of one
+team; the matrix games whose players are opponents of one role (prisoners, rps) refuse a
+channel in ``marlcli.algos.check_compatible``.
+
 * ``comm=commnet`` (Sukhbaatar et al. 2016): the mean of the received messages.
 * ``comm=tarmac`` (Das et al. 2019): each sender emits a key and a value, each receiver a
-  query; the received message is the attention-weighted sum of the values.
+  query; the received message is the attention-weighted sum of the values. With ``bits = k``
+  the key **is** the k-bit value (a receiver attends over the bits it hears with its own,
+  continuous, query): a sender transmits k bits in all, as with CommNet. A separate continuous
+  key, as in the paper and before issue 25, let a sender signal far more than k bits through the
+  attention weights (3 agents, 1 bit: thousands of distinct received values instead of 3).
 
 Because the messages flow inside the actor's forward over all N agents, PPO's ratio is over
 the joint forward and a TD loss back-propagates into the senders, with no change to the
@@ -28,7 +44,10 @@ env=reference with 2 goals and one bit at 20% dropout, 2 of 5 seeds left chance 
 its new log-probabilities would compare three different channels in the ratio (on env=reference
 logistic noise made 2-bit runs worse: 2.4-5.2 against 5.1-7.5 without, 3 seeds).
 ``dropout`` drops each sender->receiver message with probability p, at training and at
-evaluation; ``cut`` zeroes every received message (the ``marl eval PATH comm=off`` ablation).
+evaluation, in every round independently (each round draws its own losses over the links the
+graph has, so every round delivers a share 1 - p; before issue 25 round r reused the earlier
+rounds' losses and delivered (1 - p)^r). ``cut`` zeroes every received message (the
+``marl eval PATH comm=off`` ablation).
 Losses are drawn afresh at every forward, so with ``dropout > 0`` PPO's old and new
 log-probabilities see different losses (the channel's noise enters the ratio, like any other
 noise the policy does not control); replayed episodes also get fresh losses.
@@ -70,24 +89,38 @@ def check(comm: Any, spec: EnvSpec) -> None:
         raise ConfigError(f"comm.k={comm.k} must be a positive integer")
 
 
-def links(obs: Tensor, spec: EnvSpec, comm: Any) -> Tensor:
-    """Who hears whom: ``[..., N_receiver, N_sender]`` booleans, never an agent to itself.
+def same_team(spec: EnvSpec, n: int, device: torch.device) -> Tensor:
+    """``[N, N]`` booleans: agents i and j share a team (a role of ``spec``), never an agent with itself.
 
-    ``nearest``: the ``k`` closest other agents; ``radius``: every other agent within ``radius``
-    (positions from ``EnvSpec.position``, the observation indices of the agent's own position).
+    One role (spread, reference): everybody, at any N (a shared actor runs at other team sizes).
+    """
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    role = spec.role_index
+    if len(set(role)) <= 1:
+        return ~eye
+    team = torch.tensor(role, device=device)
+    return (team[:, None] == team[None, :]) & ~eye
+
+
+def links(obs: Tensor, spec: EnvSpec, comm: Any) -> Tensor:
+    """Who hears whom: ``[..., N_receiver, N_sender]`` booleans, only within a team, never an agent to itself.
+
+    ``nearest``: the ``k`` closest teammates (fewer when the team is smaller); ``radius``: every
+    teammate within ``radius`` (positions from ``EnvSpec.position``, the observation indices of
+    the agent's own position).
     """
     n = obs.shape[-2]
-    eye = torch.eye(n, dtype=torch.bool, device=obs.device)
+    mates = same_team(spec, n, obs.device)
     nb = str(comm.neighbors)
     if nb == "all":
-        return (~eye).expand(*obs.shape[:-2], n, n)
+        return mates.expand(*obs.shape[:-2], n, n)
     pos = obs[..., list(spec.position)]  # [..., N, 2]
-    dist = torch.cdist(pos, pos).masked_fill(eye, math.inf)
+    dist = torch.cdist(pos, pos).masked_fill(~mates, math.inf)
     if nb == "radius":
-        return dist <= float(comm.radius)
+        return (dist <= float(comm.radius)) & mates
     k = min(int(comm.k), n - 1)
     near = dist.topk(k, dim=-1, largest=False).indices
-    return torch.zeros_like(dist, dtype=torch.bool).scatter(-1, near, True)
+    return torch.zeros_like(dist, dtype=torch.bool).scatter(-1, near, True) & mates  # an infinite pick is no mate
 
 
 class CommEncoder(nn.Module):
@@ -103,14 +136,16 @@ class CommEncoder(nn.Module):
         self.cut = bool(comm.get("cut", False))
         f = int(base.out_dim)  # type: ignore[arg-type]
         # round r's message from [own features | received in round r-1] (zeros in round 1); tarmac's
-        # value, key and query come from one layer (one matmul instead of three: the channel's cost)
-        width = self.size * (3 if self.kind == "tarmac" else 1)
+        # value, key and query come from one layer (one matmul instead of three: the channel's cost).
+        # With bits the key is the value's bits (the sender transmits k bits in all): value and query only.
+        width = self.size * ((2 if self.bits else 3) if self.kind == "tarmac" else 1)
         self.message = nn.ModuleList(GroupLinear(f + self.size, width, groups, gain=1.0) for _ in range(self.rounds))
         if self.bits:  # bit logits start near 0: an initial code that sends one value for two goals is
             for layer in self.message:  # flipped by small steps (at |logit| ~ 1 it took ~100 updates)
                 layer.weight.data[..., :self.size] *= 0.01
         self.out_dim = f + self.size
         self.last_sent: Tensor | None = None  # the latest messages (detached), for comm/... statistics
+        self.last_heard: list[Tensor] = []  # the latest forward's delivered links per round [..., N_recv, N_send]
 
     def emit(self, h: Tensor, r: int) -> Tensor:
         """Messages ``[..., N, size]`` of every sender in round r from ``h = [features | received]``."""
@@ -129,17 +164,21 @@ class CommEncoder(nn.Module):
         received = x.new_zeros(*x.shape[:-1], self.size)
         if self.cut:
             return torch.cat([x, received], -1)
-        hear = links(obs, self.spec, self.comm).to(x.dtype)  # [..., N_recv, N_send]
+        graph = links(obs, self.spec, self.comm).to(x.dtype)  # [..., N_recv, N_send]
+        self.last_heard = []
         for r in range(self.rounds):
-            if self.dropout > 0:  # each message lost on its own, also at evaluation
-                hear = hear * (torch.rand_like(hear) >= self.dropout).to(hear.dtype)
+            hear = graph
+            if self.dropout > 0:  # each message lost on its own, in every round afresh, also at evaluation
+                hear = graph * (torch.rand_like(graph) >= self.dropout).to(graph.dtype)
+            self.last_heard.append(hear.detach())
             out = self.message[r](torch.cat([x, received], -1))
             sent = self._signal(out[..., :self.size])
             self.last_sent = sent.detach()
             if self.kind == "commnet":
                 received = hear @ sent / hear.sum(-1, keepdim=True).clamp(min=1.0)
             else:  # tarmac: softmax over the senders a receiver hears
-                key, query = out[..., self.size:2 * self.size], out[..., 2 * self.size:]
+                query = out[..., -self.size:]  # the receiver's own, never sent
+                key = sent if self.bits else out[..., self.size:2 * self.size]  # k bits: the key is the bits
                 score = query @ key.transpose(-1, -2) / math.sqrt(self.size)
                 w = torch.softmax(score.masked_fill(hear == 0, -1e9), -1) * hear  # nobody heard -> zeros
                 received = w @ sent

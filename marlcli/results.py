@@ -6,10 +6,15 @@
         checkpoints/     step_<n>.pt ..., latest.pt
         train.log
         done             written when the run reached train.total_steps
-        eval.json        written by ``marl eval``
+        eval.json        written by ``marl eval`` (eval_comm.json: its channel ablation)
+        export/          written by ``marl export``
 
 ``<variant>`` is the configuration of a sweep job, named by the swept keys
 (``critic=independent,sharing=none``); single runs have none (issue 16).
+
+Every file is written with the user's umask (issue 25: a shared cluster dir stays readable to
+collaborators), and a write that fails (a full disk, a read-only or foreign-owned dir) raises
+:class:`WriteError`, one line naming the file and the cause, and never leaves a torn file.
 
 Checkpoints never run code (issue 16): ``torch.load(weights_only=True)`` unpickles tensors
 and plain containers only, and :func:`checkpoint_config` refuses a config that would make
@@ -20,15 +25,18 @@ or one the user gave on the command line.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import math
 import os
 import pkgutil
 import re
+import secrets
 import shutil
 import sys
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +44,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from marlcli.cliutil import safe_name
-from marlcli.errors import CheckpointError
+from marlcli.errors import CheckpointError, TrainingError
 
 CHECKPOINT_FORMAT = "marlcli-checkpoint/1"
 DONE_FILE = "done"  # written when a run reached train.total_steps
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", DONE_FILE)  # any of them: the dir holds a run
+# what the run's results describe (its evaluations, exports, self-play pool, wandb files): stale once the run
+# restarts or branches off an earlier checkpoint
+DERIVED_FILES = ("eval.json", "eval_comm.json", "export")
+SEED_FILES = (*RUN_FILES, "train.log", *DERIVED_FILES, "pool", "wandb")  # every file a run writes in its seed dir
 # payload keys: what ``marl eval`` needs, and what ``resume=`` needs on top
 EVAL_KEYS = {"step": int, "config": str, "actor": dict}
 RESUME_KEYS = {**EVAL_KEYS, "learner": dict, "env": dict, "counters": dict, "track": dict, "rng": dict}
@@ -74,25 +86,64 @@ def holds_run(path: Path) -> bool:
 
 def clear_run(path: Path) -> None:
     """Remove an earlier run's files from a seed dir, so a fresh start leaves no stale state."""
-    for name in (*RUN_FILES, "train.log", "eval.json", "pool"):
-        p = path / name
-        if p.is_dir():
+    for name in SEED_FILES:
+        _remove(path / name)
+
+
+def forget_after(path: Path, step: int, source: Path | None = None) -> None:
+    """Before resuming at ``step``: drop ``done``, evaluations, exports and checkpoints past ``step``.
+
+    ``source`` (the checkpoint resumed from) becomes ``latest.pt``: otherwise a run resumed from
+    an older ``step_<n>.pt`` that dies before its first checkpoint would leave the abandoned
+    branch's ``latest.pt``, and ``resume=<dir>`` or ``marl eval`` would load that branch (issue 25).
+    """
+    for name in (DONE_FILE, *DERIVED_FILES):
+        _remove(path / name)
+    ckpt = path / "checkpoints"
+    for p in ckpt.glob("step_*.pt"):
+        if _ckpt_step(p) > step:
+            _remove(p)
+    latest = ckpt / "latest.pt"
+    if source is not None and source.is_file() and not (latest.exists() and source.samefile(latest)):
+        data = source.read_bytes()
+        _atomic_write(latest, lambda f: f.write(data))
+
+
+def _remove(p: Path) -> None:
+    with writing(p):
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
 
 
-def forget_after(path: Path, step: int) -> None:
-    """Before resuming at ``step``: drop ``done``, ``eval.json`` and checkpoints past ``step``."""
-    (path / DONE_FILE).unlink(missing_ok=True)
-    (path / "eval.json").unlink(missing_ok=True)
-    for p in (path / "checkpoints").glob("step_*.pt"):
-        if _ckpt_step(p) > step:
-            p.unlink()
-
-
 def write_config(path: Path, cfg: DictConfig) -> None:
     atomic_write_text(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+class WriteError(TrainingError):
+    """A results file that could not be written (full disk, read-only or foreign-owned dir): one line."""
+
+
+def io_error(path: Path, exc: OSError) -> WriteError:
+    """``cannot write <path>: no space left on device``: the file and the cause, in words."""
+    if exc.errno is not None:
+        why = os.strerror(exc.errno)
+        why = why[:1].lower() + why[1:]
+        name = errno.errorcode.get(exc.errno)
+        why = f"{why} ({name})" if name else why
+    else:
+        why = describe(exc)
+    return WriteError(f"cannot write {path}: {why}")
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into a one-line :class:`WriteError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise io_error(path, exc) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -101,17 +152,36 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """The temp file is created with mode 0666 minus the umask, as ``open()`` would create ``path``.
+
+    (``tempfile.mkstemp`` makes it 0600 whatever the umask, and the rename kept that mode: results
+    on a shared dir were unreadable to collaborators; issue 25.) Any ``OSError`` (``ENOSPC``,
+    ``EROFS``, ``EACCES``) removes the temp file, leaves ``path`` as it was, and is raised as a
+    :class:`WriteError` naming ``path``.
+    """
+    with writing(path):
+        tmp, fd = _create_temp(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+def _create_temp(path: Path) -> tuple[Path, int]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
 
 
 def _fsync_dir(path: Path) -> None:
@@ -129,24 +199,43 @@ def _fsync_dir(path: Path) -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON line per record and flushes it at once (nothing is lost on a crash)."""
+    """Appends one JSON line per record, straight to the file (nothing is lost on a crash).
+
+    Each line goes out in one ``os.write`` loop on an ``O_APPEND`` descriptor, with no Python
+    buffer in between: a write that fails (``ENOSPC``) truncates the file back to its last
+    whole line and raises :class:`WriteError` at once, so ``metrics.jsonl`` stays valid JSON
+    lines and the run ends when the disk fills, not later with a torn line (issue 25).
+    """
 
     def __init__(self, path: Path, keep_until_step: int | None = None) -> None:
         self.path = path
-        if keep_until_step is not None and path.exists():  # resume: drop lines past the checkpoint
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if _line_step(ln) <= keep_until_step]
-            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
-        elif keep_until_step is None and path.exists():
-            path.unlink()
-        self._f = path.open("a", buffering=1)
+        with writing(path):
+            if keep_until_step is not None and path.exists():  # resume: drop lines past the checkpoint
+                lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+                kept = [ln for ln in lines if _line_step(ln) <= keep_until_step]
+                atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+            elif keep_until_step is None and path.exists():
+                path.unlink()
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                                           0o666)
+            self._size = os.fstat(self._fd).st_size
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
-        self._f.flush()
+        assert self._fd is not None, "write after close"
+        data = memoryview((json.dumps({k: _plain(v) for k, v in record.items()}) + "\n").encode())
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # no torn last line
+            raise io_error(self.path, exc) from None
+        self._size = os.fstat(self._fd).st_size
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _line_step(line: str) -> float:
@@ -169,16 +258,26 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, payload: dict[str, Any], keep: int = 0) -> Path:
-    """Write ``step_<n>.pt`` and ``latest.pt`` atomically (temp file, fsync, rename; no temp left on error)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``step_<n>.pt`` and ``latest.pt`` atomically (temp file, fsync, rename; no temp left on error).
+
+    The payload is serialized in memory first and written as one buffer: a full disk then
+    fails in that write, as ``WriteError: cannot write .../step_<n>.pt: no space left on
+    device``, instead of inside torch's zip writer as ``unexpected pos 274496 vs 274384``.
+    ``step_<n>.pt`` goes first, so a failure leaves ``latest.pt`` at the previous checkpoint.
+    """
+    with writing(ckpt_dir):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "step": step, **payload}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getbuffer()
     target = ckpt_dir / f"step_{step}.pt"
     for path in (target, ckpt_dir / "latest.pt"):
-        _atomic_write(path, lambda f: torch.save(payload, f))
+        _atomic_write(path, lambda f: f.write(data))
     if keep > 0:
         olds = sorted(ckpt_dir.glob("step_*.pt"), key=_ckpt_step)
         for p in olds[:-keep]:
-            p.unlink()
+            _remove(p)
     return target
 
 

@@ -15,6 +15,15 @@ Hydra >= 1.2 does not hand the launcher's ``JobReturn`` list back to the caller 
 ``@hydra.main`` function, so the summary is built from the per-job status files; they also
 survive a launcher that dies with a worker.
 
+Slurm requeue (issue 25): ``hydra/launcher=slurm`` uses :class:`SlurmLauncher`, hydra-submitit's
+launcher with a ``checkpoint()`` that submitit calls on the time-limit or preemption signal
+(USR2, ``signal_delay_s`` before the kill): it tells the job's training process to stop
+(SIGUSR1: checkpoint at the next update boundary, exit 138), waits for it, and returns the
+resubmission, which submitit requeues (``max_num_timeout`` times after a time-out, always after
+a preemption). A job that finds its own status file from an earlier attempt continues with
+``resume=auto``, from that checkpoint. A preemption by SIGTERM (Slurm's default) stops the
+training process the same way, and a cluster that requeues it continues it the same way.
+
 Configuration dirs (issue 16): ``marl train -m critic=centralized,independent seed=0,1``
 writes ``<env>/<algo>/<run>/critic=independent/seed_1``. The parent hands the keys that do
 not name the dir to every job as Hydra's ``hydra.job.config.override_dirname.exclude_keys``;
@@ -45,6 +54,9 @@ STATUS_FILE = "status.json"
 JOB_CONFIG = "job_config.yaml"
 JOB_ERROR = "error.txt"
 FAILED = "failed"
+STOPPED = "stopped"  # stopped by a signal after writing its checkpoint (resume=auto continues it)
+STOP_CODES = {130: "SIGINT", 143: "SIGTERM", 138: "SIGUSR1", 140: "SIGUSR2"}  # trainer.STOP_SIGNALS' exit codes
+_CHILD: dict[str, subprocess.Popen[bytes]] = {}  # the training process of the job running in this process
 
 
 # ----------------------------------------------------------------------------- resources
@@ -74,7 +86,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     """The multirun task: run one sweep job, never raise, return and record its status.
 
     Status: ``finished``, ``resumed`` (continued from ``latest.pt`` with ``resume=auto``),
-    ``skipped`` (``resume=auto`` and the seed dir is done) or ``failed`` (with the error line).
+    ``skipped`` (``resume=auto`` and the seed dir is done), ``stopped`` (by a signal, checkpoint
+    written) or ``failed`` (with the error line). A status file already in the job's dir means an
+    earlier attempt of this very job ran (``plan()`` clears them before a sweep starts): a Slurm
+    requeue, which continues with ``resume=auto``. Only submitit's requeue exit (``SystemExit``)
+    and a KeyboardInterrupt leave this function, after the status is recorded.
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -91,9 +107,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     out = results.seed_dir(cfg)
     record: dict[str, Any] = {"job": job_num, "overrides": list(hc.overrides.task), "seed_dir": str(out),
                               "status": "running", "error": None, "wall_s": 0.0, "threads": threads}
+    requeued = (job_dir / STATUS_FILE).exists()
+    if requeued and not cfg.get("resume"):
+        cfg.resume = "auto"  # this job's own earlier attempt: continue from its checkpoint
     auto = cfg.get("resume") == "auto"
     if auto and (out / results.DONE_FILE).exists():
-        record["status"] = "skipped"
+        record["status"] = "finished" if requeued else "skipped"
         _write_status(job_dir, record)
         return record
     started = "resumed" if auto and (out / "checkpoints" / "latest.pt").exists() else "finished"
@@ -104,11 +123,23 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             error = _run_child(cfg, job_dir, job_num, threads)
         else:
             error = _run_here(cfg, job_num, threads)
-    except BaseException as exc:  # noqa: BLE001 - isolation: nothing may escape a job
+    except Exception as exc:  # noqa: BLE001 - isolation: no error escapes a job
         error = _one_line(exc)
-    record.update(status=FAILED if error else started, error=error, wall_s=round(time.perf_counter() - t0, 1))
+    except BaseException as exc:  # submitit's requeue (SystemExit) or Ctrl-C: record, then let it go on
+        record.update(status=STOPPED, error=_stop_line(exc, out), wall_s=round(time.perf_counter() - t0, 1))
+        _write_status(job_dir, record)
+        raise
+    status = FAILED if error else started
+    if error and error.startswith("stopped by "):
+        status = STOPPED
+    record.update(status=status, error=error, wall_s=round(time.perf_counter() - t0, 1))
     _write_status(job_dir, record)
     return record
+
+
+def _stop_line(exc: BaseException, out: Path) -> str:
+    why = "requeued by Slurm" if isinstance(exc, SystemExit) else "interrupted"
+    return f"{why}; continues from its last checkpoint with resume=auto (seed dir {out})"
 
 
 def _run_here(cfg: DictConfig, job_num: int, threads: int) -> str | None:
@@ -126,32 +157,72 @@ def _run_here(cfg: DictConfig, job_num: int, threads: int) -> str | None:
 
 
 def _run_child(cfg: DictConfig, job_dir: Path, job_num: int, threads: int) -> str | None:
-    """Train in a fresh interpreter: an exception, a segfault or a kill ends only that process."""
+    """Train in a fresh interpreter: an exception, a segfault or a kill ends only that process.
+
+    The process is kept in ``_CHILD`` while it runs, for :func:`stop_child` (Slurm's signal).
+    """
     (job_dir / JOB_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     err_file = job_dir / JOB_ERROR
     err_file.unlink(missing_ok=True)
     env = {**os.environ, "MARL_JOB_NUM": str(job_num), "MARL_THREADS": str(threads),
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, "-m", "marlcli.sweep", str(job_dir)], env=env, check=False)
-    if proc.returncode == 0:
+    with subprocess.Popen([sys.executable, "-m", "marlcli.sweep", str(job_dir)], env=env) as proc:
+        _CHILD["proc"] = proc
+        try:
+            returncode = proc.wait()
+        finally:
+            _CHILD.pop("proc", None)
+    if returncode == 0:
         return None
     if err_file.exists():
-        return err_file.read_text().strip() or f"exit code {proc.returncode}"
-    if proc.returncode < 0:
-        return f"killed by {signal.Signals(-proc.returncode).name}"
-    return f"exit code {proc.returncode} (no error recorded; see the seed dir's train.log)"
+        return err_file.read_text().strip() or f"exit code {returncode}"
+    if returncode in STOP_CODES:
+        return f"stopped by {STOP_CODES[returncode]} (checkpoint written; resume=auto continues it)"
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode} (no error recorded; see the seed dir's train.log)"
+
+
+def stop_child(wait_s: float) -> int | None:
+    """Ask the running training process to stop (SIGUSR1: checkpoint at the next update) and wait for it.
+
+    Called from a signal handler while the main thread waits on that process, so it never
+    reaps it (``WNOWAIT``): the waiting ``_run_child`` still gets its exit code. Returns the
+    exit code, or None when no process runs or it did not exit within ``wait_s`` seconds.
+    """
+    proc = _CHILD.get("proc")
+    if proc is None or proc.returncode is not None:
+        return None
+    try:
+        os.kill(proc.pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # already reaped
+            return proc.returncode
+        if info is not None:
+            return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        time.sleep(0.05)
+    return None
 
 
 def _child_main(job_dir: Path) -> int:
     """``python -m marlcli.sweep JOB_DIR``: train the job's config; one error line on failure."""
     import torch
 
-    from marlcli.trainer import train
+    from marlcli.trainer import Stopped, train
 
     torch.set_num_threads(int(os.environ.get("MARL_THREADS", "1")))
     cfg = OmegaConf.load(job_dir / JOB_CONFIG)
     try:
         out = train(cfg)  # type: ignore[arg-type]
+    except Stopped as exc:  # a signal: checkpoint written; the exit code says which signal
+        (job_dir / JOB_ERROR).write_text(_one_line(exc) + "\n")
+        print(f"marl train: job {os.environ.get('MARL_JOB_NUM')}: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except Exception as exc:  # noqa: BLE001
         (job_dir / JOB_ERROR).write_text(_one_line(exc) + "\n")
         print(f"marl train: job {os.environ.get('MARL_JOB_NUM')} failed: {_one_line(exc)}", file=sys.stderr)
@@ -282,7 +353,7 @@ def summarize(p: SweepPlan, launcher_error: str | None = None) -> int:
     table = Table(title=f"sweep summary: {p.sweep_dir}", title_justify="left")
     for col in ("job", "overrides", "status", "wall", "seed dir / error"):
         table.add_column(col, justify="right" if col in ("job", "wall") else "left")
-    colour = {"finished": "green", "resumed": "cyan", "skipped": "dim", FAILED: "bold red"}
+    colour = {"finished": "green", "resumed": "cyan", "skipped": "dim", STOPPED: "yellow", FAILED: "bold red"}
     root = p.sweep_dir.parent.parent  # <results_dir>/.sweeps/<run> -> <results_dir>
     for r in rows:
         seed_dir = Path(r["seed_dir"])
@@ -290,7 +361,7 @@ def summarize(p: SweepPlan, launcher_error: str | None = None) -> int:
         label = " ".join(o for o in r["overrides"] if o not in shared) or " ".join(r["overrides"])
         table.add_row(str(r["job"]), label, f"[{colour.get(r['status'], '')}]{r['status']}",
                       f"{r['wall_s']:.0f}s", r["error"] or where)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "resumed", "skipped", FAILED)}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "resumed", "skipped", STOPPED, FAILED)}
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=160)
@@ -301,7 +372,36 @@ def summarize(p: SweepPlan, launcher_error: str | None = None) -> int:
     if launcher_error:
         line += f" (launcher: {launcher_error})"
     console.print(f"sweep: {line or 'no jobs'}")
-    return 1 if counts[FAILED] or missing > 0 or launcher_error else 0
+    return 1 if counts[FAILED] or counts[STOPPED] or missing > 0 or launcher_error else 0
+
+
+# ----------------------------------------------------------------------------- Slurm requeue
+def _requeue_launcher(base: type) -> type:
+    """``base`` (a hydra-submitit launcher) whose ``checkpoint()`` first stops the job's training cleanly."""
+
+    class Requeue(base):  # type: ignore[misc, valid-type]
+        def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+            """submitit calls this on the time-limit / preemption signal, before it requeues the job.
+
+            The training process gets until shortly before Slurm's kill (``signal_delay_s``) to
+            write its checkpoint; the resubmission is the same job, which then continues it.
+            """
+            delay = float(self.params.get("signal_delay_s") or 120)
+            stop_child(max(5.0, delay - 15.0))
+            return super().checkpoint(*args, **kwargs)
+
+    Requeue.__name__ = Requeue.__qualname__ = base.__name__
+    Requeue.__module__ = __name__
+    return Requeue
+
+
+try:
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _submitit
+except ImportError:  # hydra-submitit-launcher not installed: no Slurm sweeps
+    pass
+else:
+    SlurmLauncher = _requeue_launcher(_submitit.SlurmLauncher)  # conf/hydra/launcher/slurm.yaml's _target_
+    LocalLauncher = _requeue_launcher(_submitit.LocalLauncher)  # the same on this machine (submitit's local executor)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ class Tracker:
         self.logger.propagate = False
         if resumed:
             trim_log(out / "train.log", keep_until_step)
-        self._handler = logging.FileHandler(out / "train.log", mode="a" if resumed else "w")
+        from marlcli.results import writing
+
+        with writing(out / "train.log"):  # a read-only results dir: one line, not a traceback
+            self._handler = QuietFileHandler(out / "train.log", mode="a" if resumed else "w")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         self.logger.addHandler(self._handler)
         self.logger.info("%s %s -> %s", "resume" if resumed else "start", self.title, out)
@@ -72,16 +75,32 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
 
-    def close(self, failed: bool = False) -> None:
-        """Stop the bar, finish wandb (exit code 1 for a failed run) and release train.log."""
+    def close(self, failed: bool = False, reason: str | None = None, exit_code: int | None = None) -> None:
+        """Stop the bar, finish wandb and release train.log.
+
+        ``reason`` is the last line of ``train.log`` for a run that did not finish (``stopped by
+        SIGINT at step 1,200 ...``; default ``stopped by an error``); wandb gets ``exit_code``
+        (default 1 for a failed run, 0 otherwise).
+        """
         if failed:
-            self.logger.info("stopped by an error")
+            self.logger.info(reason or "stopped by an error")
         if self.bar is not None:
             self.bar.stop()
         if self.wandb is not None:
-            self.wandb.finish(exit_code=1 if failed else 0)
+            self.wandb.finish(exit_code=exit_code if exit_code is not None else 1 if failed else 0)
         self.logger.removeHandler(self._handler)
         self._handler.close()
+
+
+class QuietFileHandler(logging.FileHandler):
+    """``train.log`` whose failed writes (a full disk) print nothing.
+
+    The stock handler prints a "--- Logging error ---" traceback per record; the run reports
+    the full disk once, through the metrics or checkpoint write that fails with it.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self.failed = True
 
 
 STEP = re.compile(r"^\S+ \S+ (?:eval )?step=(\d+) ")  # "<date> <time> [eval ]step=<n> ..." lines

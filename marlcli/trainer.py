@@ -3,6 +3,14 @@
 ``train(cfg)`` is a plain function of the composed config, so tests call it through
 Hydra's ``compose()`` without the CLI. Rollouts stay on the env's device; the loop
 syncs with the host only when it logs, evaluates or checkpoints.
+
+Stopping (issue 25): SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 (Slurm's ``--signal`` before the
+time limit; submitit uses USR2) only set a flag. At the next update boundary the loop writes
+a checkpoint, closes metrics.jsonl, train.log and wandb, and raises :class:`Stopped`: the CLI
+prints one line with the ``marl train resume=<seed dir>`` command and exits 128 + the signal
+number (SIGINT 130, SIGTERM 143, SIGUSR1 138, SIGUSR2 140). A second Ctrl-C while stopping
+aborts at once, still as one line. ``train.checkpoint_minutes`` adds a wall-clock checkpoint,
+so a slow run killed without a signal (SIGKILL, a node failure) loses at most that much.
 """
 
 from __future__ import annotations
@@ -10,7 +18,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -80,8 +90,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
-    """Apply ``resume``: returns the config to run and the checkpoint to continue from."""
+def prepare(cfg: DictConfig, given: list[str] | None = None) -> tuple[DictConfig, dict[str, Any] | None]:
+    """Apply ``resume``: returns the config to run and the checkpoint to continue from.
+
+    ``given``: the command line's overrides (``key=value``; the CLI passes them). With
+    ``resume=<dir>`` a given key whose value differs from the saved run's is refused (issue 25:
+    ``algo=qmix resume=<a mappo run>`` used to be ignored silently); the keys of
+    ``RESUME_FREE`` may differ, and those of ``RESUME_HONOURED`` are taken from today's command.
+    """
     resume = cfg.get("resume")
     if not resume:
         return cfg, None
@@ -99,17 +115,53 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
         return cfg, payload
     payload = results.load_checkpoint(Path(str(resume)), results.RESUME_KEYS)
     saved = results.checkpoint_config(payload, trusted)
+    given = [o.split("=", 1)[0].lstrip("+~") for o in given or []]
+    _refuse_conflicts(saved, cfg, given, str(resume))
     # continue the saved run; a larger train.total_steps extends it, logger settings are today's
     saved.train.total_steps = max(int(saved.train.total_steps), int(cfg.train.total_steps))
     saved.logger = cfg.logger
+    for key in RESUME_HONOURED:
+        if key in given and OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     saved.resume = None
     saved.results_dir = results.results_root(Path(payload["_path"]), saved)  # a moved tree resumes where it is
     return saved, payload
 
 
+# keys a resume=<dir> command may give with any value (train.total_steps: a larger one extends the run;
+# run: `marl train` adds a fresh run name; logger, device and checkpoint settings do not change what is learnt)
+RESUME_FREE = ("logger.", "logger", "resume", "device", "launcher.", "launcher", "results_dir", "train.total_steps",
+               "dist.", "dist", "run", "hydra.", "hydra", "train.checkpoint_interval", "train.keep_checkpoints",
+               "train.checkpoint_minutes")
+RESUME_HONOURED = ("device", "train.checkpoint_interval", "train.keep_checkpoints", "train.checkpoint_minutes")
+# what names a config group's choice: `algo=qmix` conflicts with a saved algo.name of mappo
+GROUP_ID = {"env": ("name",), "algo": ("name",), "critic": ("type", "arch"), "sharing": ("mode",),
+            "actor": ("type",), "comm": ("type",), "selfplay": ("mode",)}
+
+
+def _refuse_conflicts(saved: DictConfig, cfg: DictConfig, given: list[str], where: str) -> None:
+    """One line naming the first given key whose value is not the saved run's (resume=<dir> continues that run)."""
+    for key in given:
+        key = key.lstrip("+~")
+        if key in RESUME_FREE or key.startswith(tuple(k for k in RESUME_FREE if k.endswith("."))):
+            continue
+        for path in [f"{key}.{f}" for f in GROUP_ID[key]] if key in GROUP_ID else [key]:
+            a, b = _plain_value(OmegaConf.select(saved, path)), _plain_value(OmegaConf.select(cfg, path))
+            if a != b:
+                shown = key if key in GROUP_ID and path == f"{key}.{GROUP_ID[key][0]}" else path
+                raise ConfigError(f"resume={where} continues a run trained with {shown}={a}, not {shown}={b}; "
+                                  f"drop {key}= to continue it as it was (only train.total_steps, logger.*, device and "
+                                  "checkpoint settings may change), or start a new run without resume=")
+
+
+def _plain_value(v: Any) -> Any:
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
 def _same_run(saved: DictConfig, cfg: DictConfig, out: Path) -> None:
     """resume=auto continues a run only under the config it was started with (issue 16)."""
-    ignore = ("logger.", "resume", "device", "launcher.", "results_dir", "train.total_steps", "dist.")
+    ignore = ("logger.", "resume", "device", "launcher.", "results_dir", "train.total_steps", "dist.",
+              "train.checkpoint_minutes")
     a, b = _flat(OmegaConf.to_container(saved, resolve=True)), _flat(OmegaConf.to_container(cfg, resolve=True))
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(ignore)]
     if diff:
@@ -160,15 +212,84 @@ def validate(cfg: DictConfig) -> None:
         env.close()
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train one seed to ``train.total_steps``; returns its seed dir."""
+STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 138, signal.SIGUSR2: 140}  # 128 + signum
+
+
+class Stopped(TrainingError):
+    """A run stopped by a signal (after writing its checkpoint): the CLI prints it and exits ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Abort(KeyboardInterrupt):
+    """A second Ctrl-C while stopping: leave at once (a KeyboardInterrupt, so no ``except Exception`` eats it)."""
+
+
+class StopRequest:
+    """SIGINT / SIGTERM / SIGUSR1 / SIGUSR2 handlers that only note the signal, for the loop to act on.
+
+    Installed for the duration of ``train()`` in the main thread only (``signal.signal``
+    cannot be called elsewhere), and the previous handlers are put back afterwards.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.out: Path | None = None  # the seed dir, for the resume command of an abort
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise _Abort
+        if self.signum is None:
+            self.signum = signum
+            print(f"marl train: {signal.Signals(signum).name}: stopping at the end of this update (writing a "
+                  f"checkpoint){'; Ctrl-C again to abort at once' if signum == signal.SIGINT else ''}", file=sys.stderr)
+
+
+def train(cfg: DictConfig, given: list[str] | None = None) -> Path:
+    """Train one seed to ``train.total_steps``; returns its seed dir.
+
+    ``given``: the command line's overrides, for :func:`prepare`'s checks of ``resume=<dir>``.
+
+    Raises :class:`Stopped` after a stop signal (its checkpoint written), ``results.WriteError``
+    when a results file cannot be written (the run ends at once; earlier files stay valid).
+    """
+    with StopRequest() as stop:
+        try:
+            return _train(cfg, stop, given)
+        except _Abort:
+            where = stop.out or results.seed_dir(cfg)
+            raise Stopped(f"aborted by a second Ctrl-C; continue from the last checkpoint with: marl train resume={where}",
+                          STOP_SIGNALS[signal.SIGINT]) from None
+
+
+def _train(cfg: DictConfig, stop: StopRequest, given: list[str] | None) -> Path:
     if distributed.should_launch(cfg):  # dist.nproc_per_node=K: start K ranks, each runs train(cfg)
         return distributed.launch(cfg)
     distributed.setup(cfg)  # a rank (of launch, torchrun or Slurm) joins its process group
     main = distributed.is_main()  # rank 0 alone writes the results tree, evaluates and checkpoints
-    cfg, payload = prepare(cfg)
-    out = results.seed_dir(cfg)
+    cfg, payload = prepare(cfg, given)
+    out = stop.out = results.seed_dir(cfg)
     if cfg.get("resume") == "auto" and (out / results.DONE_FILE).exists():
+        return out
+    if payload is not None and cfg.get("resume") != "auto" and _finished(payload, cfg):
+        step, total = int(payload["counters"]["step"]), int(cfg.train.total_steps)
+        if main:  # issue 25: resuming a finished run used to delete eval.json and evaluate it again
+            print(f"marl train: {out} already finished at step {step:,}; nothing to do (give train.total_steps=M "
+                  f"with M > {total} to extend it)", file=sys.stderr)
         return out
     if not cfg.get("resume") and payload is None and results.holds_run(out):  # never mix two runs' files
         raise ConfigError(f"{out} already holds a run; continue it with resume={out}, start a new one with "
@@ -182,6 +303,7 @@ def train(cfg: DictConfig) -> Path:
     env = make_env(local.env, int(local.env.num_envs), distributed.rank_seed(int(cfg.seed)), device)
     cleanup: list[Any] = [distributed.teardown, env.close]  # run in reverse order, whatever happens
     failed = True
+    ending: dict[str, Any] = {}  # why the run stops early: train.log's last line and wandb's exit code
     try:  # an error anywhere below still closes the metrics file, the log handler, wandb and the env
         module = load_family(cfg.algo)
         check_compatible(module, env.spec, cfg)
@@ -216,18 +338,19 @@ def train(cfg: DictConfig) -> Path:
             except Exception as exc:  # noqa: BLE001
                 why = results.describe(exc)
                 raise CheckpointError(f"{payload['_path']}: its training state does not fit ({why})") from None
-            if main:
-                results.forget_after(out, int(counters["step"]))  # no stale done, eval.json or later step_<n>.pt
+            if main:  # no stale done, evaluations, exports or later step_<n>.pt; latest.pt = this checkpoint
+                results.forget_after(out, int(counters["step"]), source=Path(payload["_path"]))
         elif cfg.get("resume") == "auto" and main:
             results.clear_run(out)  # nothing readable to continue: start afresh in an empty dir
         if main:
-            out.mkdir(parents=True, exist_ok=True)
+            with results.writing(out):  # a read-only results_dir: one line
+                out.mkdir(parents=True, exist_ok=True)
             results.write_config(out, cfg)
         keep = counters["step"] if payload else None  # resume: trim metrics and train.log past the checkpoint
         writer = results.MetricsWriter(out / "metrics.jsonl", keep_until_step=keep) if main else distributed.Silent()
         cleanup.append(writer.close)
         tracker = Tracker(cfg, out, keep_until_step=keep) if main else distributed.Silent()
-        cleanup.append(lambda: tracker.close(failed=failed))  # reads `failed` when it runs
+        cleanup.append(lambda: tracker.close(failed=failed, **ending))  # reads `failed` when it runs
         start = time.perf_counter() - counters["time_s"]
         if payload is None and os.environ.get("MARL_T0"):  # benchmarks: time_s counts from process launch
             start -= max(0.0, time.time() - float(os.environ["MARL_T0"]))
@@ -271,6 +394,11 @@ def train(cfg: DictConfig) -> Path:
                 results.save_checkpoint(out / "checkpoints", counters["step"], payload_out, int(t.keep_checkpoints))
                 session.write()
             counters["ckpt"] = counters["step"]
+            clock["ckpt"] = time.monotonic()
+
+        clock = {"ckpt": time.monotonic()}
+        every_s = 60.0 * float(t.get("checkpoint_minutes") or 0)  # wall-clock checkpoints (0 = off)
+        world = distributed.world_size()
 
         if counters["eval"] < 0:
             evaluate()  # step 0: the untrained policy, for learning curves
@@ -305,9 +433,22 @@ def train(cfg: DictConfig) -> Path:
                 check_finite(record)
             if _crossed(prev, step, int(t.eval_interval)):
                 evaluate()
-            if _crossed(prev, step, int(t.checkpoint_interval)):
+            due = every_s > 0 and time.monotonic() - clock["ckpt"] >= every_s
+            if world > 1:  # rank 0 decides, so every rank takes part in the same checkpoints and stops together
+                stop.signum, due = distributed.broadcast_object((stop.signum, due))
+            if _crossed(prev, step, int(t.checkpoint_interval)) or (due and step < int(t.total_steps)):
                 checkpoint()
             tracker.progress(step)
+            if stop.signum is not None and step < int(t.total_steps):
+                if counters["ckpt"] != step:
+                    checkpoint()
+                distributed.finish()
+                name = signal.Signals(stop.signum).name
+                hint = f"continue with: marl train resume={out}"
+                ending.update(reason=f"stopped by {name} at step {step:,}; checkpoint written; {hint}",
+                              exit_code=STOP_SIGNALS[stop.signum])
+                raise Stopped(f"stopped by {name} at step {step:,} of {int(t.total_steps):,} (checkpoint written); "
+                              f"{hint}", STOP_SIGNALS[stop.signum])
         if counters["eval"] != counters["step"]:
             evaluate()
         need = counters["ckpt"] != counters["step"] or not (out / "checkpoints" / "latest.pt").exists()
@@ -315,12 +456,26 @@ def train(cfg: DictConfig) -> Path:
             checkpoint()
         distributed.finish()  # every rank leaves the group together, after rank 0 saved its last checkpoint
         failed = False
+    except results.WriteError as exc:  # a full disk: stop now, say which checkpoint is still good
+        ending["reason"] = f"stopped: {exc}"
+        kept = results.checkpoints_newest_first(out)
+        if kept:
+            raise results.WriteError(f"{exc}; the run stopped, its checkpoint {kept[0]} is intact (marl train "
+                                     f"resume={out} continues from it once the disk has room)") from None
+        raise
     finally:
         for close in reversed(cleanup):
             close()
     if main:
         results.atomic_write_text(out / results.DONE_FILE, f"{counters['step']}\n")
     return out
+
+
+def _finished(payload: dict[str, Any], cfg: DictConfig) -> bool:
+    """The checkpoint is its run's last: at ``train.total_steps`` with its final evaluation done."""
+    counters = payload["counters"]
+    step = int(counters.get("step", 0))
+    return step >= int(cfg.train.total_steps) and int(counters.get("eval", -1)) >= step
 
 
 def check_finite(record: dict[str, Any]) -> None:

@@ -15,11 +15,14 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from dataclasses import replace
 
 import pytest
 import torch
+from omegaconf import DictConfig
 
 from marlcli.algos import check_compatible, load_family
 from marlcli.crossplay import SideBySide, evaluate_vs
@@ -27,6 +30,7 @@ from marlcli.envs import make_env, role_of
 from marlcli.errors import ConfigError
 from marlcli.nets.comm import CommEncoder
 from marlcli.trainer import train
+from tests.conftest import make_cfg
 
 
 @pytest.fixture(autouse=True)
@@ -108,17 +112,23 @@ for env_name in ENVS:
                 CASES.append((env_name, actor_type, comm, nb))
 
 
+@functools.cache
+def base_config(env_name: str, algo: str) -> DictConfig:
+    extra = ["env.continuous_actions=true"] if algo == "maddpg" else []
+    return make_cfg(*ENVS[env_name][0], *extra, f"algo={algo}", "actor=deepsets", "comm=commnet", "comm.k=1",
+                    "comm.radius=0.8", "comm.rounds=2")
+
+
 @pytest.mark.parametrize("env_name,actor_type,comm,neighbors", CASES)
-def test_information_flow_stays_within_a_team(compose_cfg, env_name: str, actor_type: str, comm: str,
+def test_information_flow_stays_within_a_team(env_name: str, actor_type: str, comm: str,
                                               neighbors: str) -> None:
     """d decision_i / d obs_j is zero unless j may message i on i's team's channel (over the rounds), never across
     teams, and zero for every j != i without a channel; nonzero where a message does flow (so the check bites).
     Red at HEAD on tag and adversary (and spread_teams): their channel joined predators and prey."""
     overrides, rename = ENVS[env_name]
     for algo in ("mappo", "iql", "maddpg"):
-        extra = ["env.continuous_actions=true"] if algo == "maddpg" else []
-        cfg = compose_cfg(*overrides, *extra, f"algo={algo}", f"actor={actor_type}", f"comm={comm}",
-                          f"comm.neighbors={neighbors}", "comm.k=1", "comm.radius=0.8", "comm.rounds=2")
+        cfg = copy.deepcopy(base_config(env_name, algo))  # composing is the slow part: once per env and family
+        cfg.actor.type, cfg.comm.type, cfg.comm.neighbors = actor_type, comm, neighbors
         env = make_env(cfg.env, 3, 0, torch.device("cpu"))
         spec = env.spec if rename is None else replace(env.spec, agents=rename)
         torch.manual_seed(0)
@@ -256,3 +266,23 @@ def test_dropout_loses_each_message_with_p_in_every_round(compose_cfg, comm: str
             both = float((heard[0] * heard[1]).mean())
             assert abs(both - (1 - p) ** 2) < 4 * math.sqrt(0.25 * 0.75 / batch), (comm, both)
         env.close()
+
+
+def test_asymmetric_self_play_and_role_cross_play_with_a_channel(tmp_path, capsys) -> None:
+    """With messages inside a team, tag's asymmetric self-play (the learner's actor computes the frozen roles'
+    messages, which reach only the frozen roles, whose actions the snapshot's own forward replaces) and role-vs-role
+    cross-play are exact, so they are accepted: train, `marl eval` and `vs=` run through."""
+    from marlcli.cli import main
+
+    def run(name: str, seed: int):
+        return train(make_cfg(f"results_dir={tmp_path}", f"run={name}", f"seed={seed}", "device=cpu", "train.log_interval=80",
+                              "logger.progress=false", "env=tag", "env.num_envs=8", "env.max_cycles=10", "sharing=role",
+                              "selfplay=pool", "selfplay.snapshot_interval=40", "comm=tarmac", "comm.bits=1",
+                              "algo.rollout_steps=10", "algo.minibatches=2", "algo.epochs=1", "train.total_steps=80",
+                              "train.eval_interval=80", "train.eval_episodes=8", "train.eval_envs=8"))
+
+    a = run("a", 0)
+    rows = {r["side"]: r for r in evaluate_vs(a, a, episodes=8, envs=8)}
+    assert set(rows) == {"adversary", "agent"}
+    capsys.readouterr()
+    assert main(["eval", str(a), "episodes=8"]) == 0

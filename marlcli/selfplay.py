@@ -15,6 +15,7 @@ snapshots of the full actor in the others (``learning_roles``, ``marlcli.envs.as
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,38 +124,83 @@ class MatrixMetrics:
 
     The time-averaged policy is the mean of the policy tables measured so far (one per
     update), per state; on the stateless games (``rps``) that is exactly the mixed strategy
-    of the average policy.
+    of the average policy. A history-dependent actor (GRU or last action) is read at the hidden
+    state it has at each point of the game, over the history tree (``marlcli.exploitability``),
+    and averaged per history with realization weights (``TreeAverage``); ``bind`` decides which,
+    from the actor, before the first measure or a resume.
     """
 
     def __init__(self, game: tuple[Tensor, bool, int], agents: list[str], slots: list[int], n_actor: int) -> None:
         self.payoff, self.observe_last, self.horizon = game
         self.agents, self.slots, self.n_actor = agents, slots, n_actor
-        self.obs = ex.observations(self.payoff, self.observe_last)
-        self.sums = [torch.zeros(self.obs.shape[0], self.payoff.shape[p], dtype=torch.float64) for p in (0, 1)]
+        self.tree: bool | None = None  # set by bind (or the first measure)
+        self.sums: list[Tensor] = []  # memoryless actors: per-state sums of the tables
+        self.avg_tree: list[ex.TreeAverage] = []  # history-dependent ones: realization-weighted averages
+        self.count = 0
+
+    def fits(self, actor: Any) -> bool:
+        """Whether the exact measure can be computed for this actor (a history tree within ``MAX_TREE_NODES``)."""
+        return not ex.history_dependent(actor) or ex.support_nodes(self.payoff, self.horizon) <= ex.MAX_TREE_NODES
+
+    def bind(self, actor: Any) -> None:
+        """Per-state or per-history tables, as ``actor`` needs; empty averages."""
+        self.tree = ex.history_dependent(actor)
+        n = [int(self.payoff.shape[p]) for p in (0, 1)]
+        if self.tree:
+            self.avg_tree = [ex.TreeAverage(n[p]) for p in (0, 1)]
+        else:
+            rows = ex.n_states(self.payoff, self.observe_last)
+            self.sums = [torch.zeros(rows, n[p], dtype=torch.float64) for p in (0, 1)]
         self.count = 0
 
     def measure(self, actor: Any) -> dict[str, float]:
-        tables = [ex.policy_table(actor, self.obs, self.n_actor, self.slots[p], self.payoff.shape[p]) for p in (0, 1)]
-        for s, t in zip(self.sums, tables, strict=True):
-            s += t
+        if self.tree is None:
+            self.bind(actor)
+        tables = ex.policy_tables(actor, self.payoff, self.observe_last, self.horizon, self.n_actor, self.slots)
         self.count += 1
-        avg = [s / self.count for s in self.sums]
-        args = (self.payoff, self.horizon, self.observe_last)
-        out = {"matrix/exploitability": ex.exploitability(args[0], *tables, *args[1:]),
-               "matrix/exploitability_avg": ex.exploitability(args[0], *avg, *args[1:])}
-        rates = ex.occupancy(self.payoff, *tables, self.horizon, self.observe_last)
+        if self.tree:
+            for a, t in zip(self.avg_tree, tables, strict=True):
+                a.add(t)
+            now, avg = list(tables), [a.table() for a in self.avg_tree]
+            expl = lambda pi: ex.tree_exploitability(self.payoff, *pi, self.horizon)  # noqa: E731
+            rates = ex.tree_occupancy(self.payoff, *now, self.horizon)
+        else:
+            for s, t in zip(self.sums, tables, strict=True):
+                s += t
+            now, avg = list(tables), [s / self.count for s in self.sums]
+            expl = lambda pi: ex.exploitability(self.payoff, *pi, self.horizon, self.observe_last)  # noqa: E731
+            rates = ex.occupancy(self.payoff, *now, self.horizon, self.observe_last)
+        out = {"matrix/exploitability": expl(now), "matrix/exploitability_avg": expl(avg)}
         for p, agent in enumerate(self.agents):
             for a in range(self.payoff.shape[p]):
-                out[f"matrix/policy/{agent}/{a}"] = float(tables[p][0, a])
+                out[f"matrix/policy/{agent}/{a}"] = float(now[p][0, a])  # row 0: the start
                 out[f"matrix/avg_policy/{agent}/{a}"] = float(avg[p][0, a])
                 out[f"matrix/action_rate/{agent}/{a}"] = float(rates[p][a])
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        if self.tree:
+            return {"tree": [a.state_dict() for a in self.avg_tree], "count": self.count}
         return {"sums": [s.clone() for s in self.sums], "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums, self.count = [s.clone().double() for s in state["sums"]], int(state["count"])
+        if self.tree is not None and self.tree != ("tree" in state):
+            raise ValueError("the matrix-game averages were measured for an actor "
+                             f"{'with' if 'tree' in state else 'without'} a hidden state, this one is "
+                             f"{'with' if self.tree else 'without'}")
+        if "tree" in state:
+            if self.tree is None:
+                self.tree = True
+                self.avg_tree = [ex.TreeAverage(int(self.payoff.shape[p])) for p in (0, 1)]
+            for a, st in zip(self.avg_tree, state["tree"], strict=True):
+                a.load_state_dict(st)
+        else:
+            sums = [s.clone().double() for s in state["sums"]]
+            if self.sums and [s.shape for s in sums] != [s.shape for s in self.sums]:
+                raise ValueError(f"matrix-game averages of shape {[tuple(s.shape) for s in sums]}, this game needs "
+                                 f"{[tuple(s.shape) for s in self.sums]}")
+            self.sums, self.tree = sums, False
+        self.count = int(state["count"])
 
 
 class Session:
@@ -170,7 +216,7 @@ class Session:
         if self.on:
             check(cfg, spec)
             family = load_family(cfg.algo)
-            self.league = League(self.sp if self.sp.mode == "pool" else _latest(self.sp), int(cfg.seed))
+            self.league = League(league_settings(self.sp), int(cfg.seed))
             self.roles = learning_roles(cfg, spec)
             if self.roles is not None:  # every agent stays with the learner; frozen roles act per copy
                 self.bank = OpponentBank(lambda: family.make_actor(spec, cfg), self._weights, device)
@@ -197,8 +243,19 @@ class Session:
         return self.league.members[member].actor
 
     def start(self, algo: Any) -> None:
-        """Seed the pool: the untrained actor (step 0) and the ``selfplay.init`` actors."""
+        """Seed the pool: the untrained actor (step 0) and the ``selfplay.init`` actors; fit the
+        matrix measures to the actor (a history-dependent one is read over the history tree, or,
+        where that tree is too large to solve, not measured: one warning line says so)."""
         self.algo = algo
+        if self.matrix is not None:
+            if self.matrix.fits(algo.actor):
+                self.matrix.bind(algo.actor)
+            else:
+                print(f"marl: warning: no matrix/exploitability for this run: algo.agent=rnn or algo.last_action makes "
+                      f"the actor's policy depend on the whole history, and env.max_cycles={self.matrix.horizon} gives "
+                      f"{ex.support_nodes(self.matrix.payoff, self.matrix.horizon):,} histories per player to solve "
+                      f"(at most {ex.MAX_TREE_NODES:,})", file=sys.stderr)
+                self.matrix = None
         if self.league is None:
             return
         for path in self.sp.init:
@@ -228,7 +285,8 @@ class Session:
         return out
 
     def wrap_eval(self, env: VecEnv) -> VecEnv:
-        """Evaluation envs: the learner against the pool's window, drawn uniformly (own stream).
+        """Evaluation envs: the learner against the opponents training draws from (``eval_opponents``:
+        the pool's window, drawn uniformly from its own stream; ``selfplay=latest``: the latest snapshot).
 
         With ``selfplay.rate_eval`` the finished evaluation games are rated at once (one Elo game per
         member and finishing step, like a training update's), so they are in the table before the
@@ -238,7 +296,7 @@ class Session:
             return env
         league = self.league
         rate = (lambda ids, s: (league.record(ids, s), league.rate())) if bool(self.sp.get("rate_eval")) else None
-        draw = uniform_draw(league, EVAL_DRAW_SEED)
+        draw = uniform_draw(eval_opponents(league, str(self.sp.mode)), EVAL_DRAW_SEED)
         if self.roles is not None:
             return RoleSelfPlayVecEnv(env, self.roles, self.bank, draw, rate)
         return SelfPlayVecEnv(env, self.learn, self.bank, draw, rate)
@@ -260,11 +318,30 @@ def _latest(sp: Any) -> Any:
                            elo_k=float(sp.elo_k))
 
 
-def uniform_draw(league: League, seed: int) -> Any:
-    """A draw function over the league's window with its own generator (evaluation)."""
+def league_settings(sp: Any) -> Any:
+    """The league's settings for a run's ``selfplay`` section: ``pool`` as given, ``latest`` a window of one.
+
+    Training and every later reader of its checkpoint (``marl eval``, ``marl export``) must build the
+    league alike: with ``pool``'s default window, a ``latest`` run's league would hold members whose
+    weights training dropped as soon as they left its window of one.
+    """
+    return sp if str(sp.mode) == "pool" else _latest(sp)
+
+
+def eval_opponents(league: League, mode: str) -> list[int]:
+    """Members an evaluation plays: those training draws from. ``latest``: the newest snapshot alone
+    (training's ``latest_prob=1`` never draws another, not even a pinned ``selfplay.init`` actor);
+    ``pool``: the window (pinned members and the newest ``pool_size`` snapshots)."""
+    if not league.members:
+        return []
+    return [league.members[-1].id] if mode == "latest" else [m.id for m in league.active()]
+
+
+def uniform_draw(ids: list[int], seed: int) -> Any:
+    """A draw function over member ``ids``, uniform, with its own generator (evaluation)."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.tensor([m.id for m in league.active()])
-    return lambda n: ids[torch.randint(len(ids), (n,), generator=gen)]
+    pick = torch.tensor(ids, dtype=torch.long)
+    return lambda n: pick[torch.randint(len(pick), (n,), generator=gen)]
 
 
 def init_actor(path: Path, actor: Any) -> dict[str, Tensor]:
@@ -286,7 +363,9 @@ def init_actor(path: Path, actor: Any) -> dict[str, Tensor]:
 
 def opponents_for_eval(cfg: DictConfig, env: VecEnv, payload: dict[str, Any], device: torch.device,
                        vs: dict[str, Any] | None = None, seed: int = 0, deterministic: bool = False) -> VecEnv:
-    """``marl eval`` of a self-play run: its pool's window, or ``vs``'s actor alone (cross-play)."""
+    """``marl eval`` / ``marl export`` of a self-play run: the opponents training would play
+    (``eval_opponents``, from the league rebuilt with the run's own settings), or ``vs``'s actor
+    alone (cross-play)."""
     if str(cfg.selfplay.mode) == "none":
         return env
     roles = learning_roles(cfg, env.spec)
@@ -297,13 +376,18 @@ def opponents_for_eval(cfg: DictConfig, env: VecEnv, payload: dict[str, Any], de
         weights = {0: vs["actor"]}
         draw = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
     else:
-        league = League(cfg.selfplay, 0)
+        league = League(league_settings(cfg.selfplay), 0)  # the run's own window (latest: 1), as training had it
         try:
             league.load_state_dict(payload["env"]["league"])
         except Exception:  # noqa: BLE001
             raise CheckpointError(f"{payload.get('_path')}: no readable pool in this checkpoint") from None
-        weights = {m.id: m.actor for m in league.active()}
-        draw = uniform_draw(league, seed + EVAL_DRAW_SEED)
+        ids = eval_opponents(league, str(cfg.selfplay.mode))
+        missing = [i for i in ids if not league.members[i].actor]
+        if not ids or missing:
+            raise CheckpointError(f"{payload.get('_path')}: its pool has no weights for the opponents training "
+                                  f"would play ({'none in the pool' if not ids else f'members {missing}'})")
+        weights = {i: league.members[i].actor for i in ids}
+        draw = uniform_draw(ids, seed + EVAL_DRAW_SEED)
     bank = OpponentBank(lambda: family.make_actor(learn_spec, cfg), weights.__getitem__, device)
     bank.deterministic = deterministic  # cross-play: both sides act alike
     if roles is not None:

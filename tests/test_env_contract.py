@@ -392,9 +392,11 @@ def check_matrix(name: str, spec: EnvSpec, r: Rollout, cycles: int) -> None:
     t = torch.arange(1, r.done.shape[0] + 1)[:, None].expand_as(r.done)
     assert torch.equal(r.done, t % cycles == 0) and not r.truncated.any()
     assert torch.equal(r.terminated, r.done[..., None].expand_as(r.terminated)) and not r.next_alive[r.done].any()
-    if observe_last:  # the final observation is the last joint action, one-hot; a new episode starts at zeros
-        last = torch.nn.functional.one_hot(a0 * payoff.shape[1] + a1, spec.obs_dim).float()
-        assert torch.equal(r.next_obs, last[..., None, :].expand_as(r.next_obs))
+    if observe_last:  # the final observation is the last joint action, one-hot, own move first; a new episode: zeros
+        n0, n1 = payoff.shape[:2]
+        last = torch.stack([torch.nn.functional.one_hot(a0 * n1 + a1, spec.obs_dim),
+                            torch.nn.functional.one_hot(a1 * n0 + a0, spec.obs_dim)], -2).float()
+        assert torch.equal(r.next_obs, last)
         assert (r.obs[1:][r.done[:-1]] == 0).all() and (r.obs[0] == 0).all()
     else:
         assert (r.obs == 1).all() and (r.next_obs == 1).all()

@@ -3,12 +3,18 @@
 * ``coordination``: 3x3 shared-reward game, optimum 10 at (0, 0) flanked by
   miscoordination ``penalty`` (-10), safe 2s on the diagonal; one step per episode.
 * ``prisoners``: iterated prisoner's dilemma, payoffs (C,C)=(3,3), (C,D)=(0,5),
-  (D,C)=(5,0), (D,D)=(1,1); observation = last joint action one-hot (zeros at the start);
-  ``max_cycles`` rounds per episode.
+  (D,C)=(5,0), (D,D)=(1,1); observation = last joint action one-hot (zeros at the start),
+  seen from the observer's own seat (``seat_index``); ``max_cycles`` rounds per episode.
 * ``rps``: rock-paper-scissors, zero-sum (+1 / -1 / 0); one step per episode.
 
 Every episode ends by termination after ``max_cycles`` steps (the game is over, nothing
 to bootstrap). Stateless games observe a constant ``[1.0]``.
+
+**Seats.** Each player observes the last joint action from its own side: its own move first,
+the other's second (``seat_index``). Both seats of a mirrored game thus mean the same thing
+by the same input, which is what self-play needs: a snapshot trained in seat 0 that plays
+seat 1 (``marlcli.envs.selfplay``) reads "my last move" as its own, not the learner's, so a
+tit-for-tat snapshot retaliates. Swapping the players swaps their observations.
 """
 
 from __future__ import annotations
@@ -40,6 +46,18 @@ def rps_payoff() -> np.ndarray:
     """``[3, 3, 2]``: rock, paper, scissors; zero-sum."""
     win = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]])
     return np.stack([win, -win], -1)
+
+
+def seat_index(last: Any, n1: int, seat: int, n0: int | None = None) -> Any:
+    """Index of joint action ``last = a0 * n1 + a1`` in seat ``seat``'s one-hot: own move first.
+
+    Seat 0 sees ``a0 * n1 + a1``, seat 1 ``a1 * n0 + a0`` (``n0`` defaults to ``n1``: square
+    games). Works on ints, numpy arrays and tensors alike.
+    """
+    if seat == 0:
+        return last
+    a0, a1 = last // n1, last % n1
+    return a1 * (n1 if n0 is None else n0) + a0
 
 
 GAMES: dict[str, tuple[Any, bool, list[str]]] = {  # name -> (payoff factory, observe last action, agents)
@@ -74,10 +92,17 @@ class MatrixGame(ParallelEnv):
         return self._act[agent]
 
     def _obs(self) -> dict[str, np.ndarray]:
-        o = np.zeros(self.obs_dim, np.float32) if self.observe_last else np.ones(1, np.float32)
-        if self.observe_last and self.last is not None:
-            o[self.last] = 1.0
-        return {a: o.copy() for a in self.agents}
+        """Each seat its own view of the last joint action (``seat_index``)."""
+        out = {}
+        n0, n1 = self.payoff.shape[:2]
+        for seat, a in enumerate(self.possible_agents):
+            if a not in self.agents:
+                continue
+            o = np.zeros(self.obs_dim, np.float32) if self.observe_last else np.ones(1, np.float32)
+            if self.observe_last and self.last is not None:
+                o[seat_index(self.last, n1, seat, n0)] = 1.0
+            out[a] = o
+        return out
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         self.agents, self.t, self.last = list(self.possible_agents), 0, None
@@ -131,13 +156,17 @@ class MatrixVecEnv:
         self.last = torch.full((num_envs,), -1, dtype=torch.long, device=self.device)
 
     def _obs(self) -> tuple[Tensor, Tensor]:
+        """``[B, 2, O]``: each seat its own view of the last joint action (``seat_index``)."""
         b = self.num_envs
-        if self.observe_last:
-            o = torch.zeros(b, self.obs_dim, dtype=self.dtype, device=self.device)
-            o[self.last >= 0, self.last[self.last >= 0]] = 1.0
-        else:
-            o = torch.ones(b, 1, dtype=self.dtype, device=self.device)
-        obs = o[:, None].expand(b, 2, self.obs_dim).contiguous()
+        if not self.observe_last:
+            obs = torch.ones(b, 2, 1, dtype=self.dtype, device=self.device)
+            return obs, obs.reshape(b, -1)
+        n0, n1 = self.payoff.shape[:2]
+        obs = torch.zeros(b, 2, self.obs_dim, dtype=self.dtype, device=self.device)
+        seen = self.last >= 0
+        rows = seen.nonzero().squeeze(1)
+        for seat in (0, 1):
+            obs[rows, seat, seat_index(self.last[rows], n1, seat, n0)] = 1.0
         return obs, obs.reshape(b, -1)
 
     def _avail(self) -> Tensor:

@@ -17,7 +17,10 @@ class Rollout:
 
     ``obs/state/avail/alive`` are what the agents saw when acting; ``next_*`` is what came
     after the step (the final observation, masks and alive flags where the episode ended,
-    before auto-reset; issue 15: never the next episode's).
+    before auto-reset; issue 15: never the next episode's). ``agent_truncated`` marks an
+    agent that left by its own time limit while the episode went on (issue 25): it
+    bootstraps from ``next_obs`` with the masks ``agent_final_avail`` (its ``next_avail``
+    is off, as it does not act again), and its later rows are padding.
     """
 
     obs: Tensor  # [T, B, N, O]
@@ -33,6 +36,18 @@ class Rollout:
     next_state: Tensor  # [T, B, S]
     next_avail: Tensor  # [T, B, N, A] bool
     next_alive: Tensor  # [T, B, N] bool
+    agent_truncated: Tensor | None = None  # [T, B, N] bool (None: all False)
+    agent_final_avail: Tensor | None = None  # [T, B, N, A] bool (None: all False)
+
+    def __post_init__(self) -> None:
+        if self.agent_truncated is None:
+            self.agent_truncated = torch.zeros_like(self.terminated)
+        if self.agent_final_avail is None:
+            self.agent_final_avail = torch.zeros_like(self.next_avail)
+
+    def next_masks(self) -> Tensor:
+        """``[T, B, N, A]``: the masks at ``next_obs`` to bootstrap with (an agent truncated alone: its last ones)."""
+        return self.next_avail | self.agent_final_avail
 
     @staticmethod
     def from_steps(steps: list[tuple[TimeStep, Tensor, TimeStep]]) -> Rollout:
@@ -52,6 +67,8 @@ class Rollout:
             cols["next_state"].append(nxt.final_state)
             cols["next_avail"].append(nxt.final_avail)
             cols["next_alive"].append(nxt.final_alive)
+            cols["agent_truncated"].append(nxt.agent_truncated)
+            cols["agent_final_avail"].append(nxt.agent_final_avail)
         return Rollout(**{k: torch.stack(v) for k, v in cols.items()})
 
     @property
@@ -70,7 +87,7 @@ class TransitionReplay:
     """
 
     KEYS = ("obs", "state", "avail", "alive", "actions", "reward", "terminated",
-            "next_obs", "next_state", "next_avail", "next_alive")
+            "next_obs", "next_state", "next_avail", "next_alive", "agent_truncated", "agent_final_avail")
 
     def __init__(self, capacity: int, device: torch.device) -> None:
         self.capacity, self.device = int(capacity), device
@@ -106,6 +123,9 @@ class TransitionReplay:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.pos = int(state["_pos"])
         rows = {k: v.to(self.device) for k, v in state.items() if k != "_pos"}
+        if rows and "agent_truncated" not in rows:  # a checkpoint from before issue 25: no lone truncations
+            rows["agent_truncated"] = torch.zeros_like(rows["terminated"])
+            rows["agent_final_avail"] = torch.zeros_like(rows["next_avail"])
         self.size = next(iter(rows.values())).shape[0] if rows else 0
         self.data = {}
         if rows:
@@ -125,6 +145,8 @@ class EpisodeReplay:
     rollouts: each env copy writes into its own staging slot until its episode ends,
     then the slot is copied into the ring buffer. All tensors live on ``device``; the
     only host sync is one per ``add`` (the number of episodes that ended at each step).
+    An agent truncated alone at row t (``agent_truncated``) has its last observation in
+    row t + 1 and its last masks in ``agent_final_avail`` of row t (issue 25).
     """
 
     def __init__(self, capacity: int, num_envs: int, max_len: int, n_agents: int, obs_dim: int,
@@ -133,7 +155,7 @@ class EpisodeReplay:
         self.shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
             "obs": ((n, obs_dim), f), "state": ((state_dim,), f), "avail": ((n, act_dim), b),
             "alive": ((n,), b), "actions": ((n,), lg), "reward": ((n,), f), "terminated": ((n,), b),
-            "filled": ((), b)}
+            "agent_truncated": ((n,), b), "agent_final_avail": ((n, act_dim), b), "filled": ((), b)}
         self.capacity, self.max_len, self.size, self.ptr = capacity, max_len, 0, 0
         rows = max_len + 1  # slot ``capacity`` is scratch: unfinished envs are "copied" there
         self.data = {k: torch.zeros(capacity + 1, rows, *s, dtype=d, device=device) for k, (s, d) in self.shapes.items()}
@@ -151,6 +173,7 @@ class EpisodeReplay:
             p = self.pos.clamp(max=self.max_len - 1)  # keeps indices valid until the error is raised
             now = {"obs": r.obs[t], "state": r.state[t], "avail": r.avail[t], "alive": r.alive[t],
                    "actions": r.actions[t], "reward": r.reward[t], "terminated": r.terminated[t],
+                   "agent_truncated": r.agent_truncated[t], "agent_final_avail": r.agent_final_avail[t],
                    "filled": torch.ones_like(r.done[t])}
             nxt = {"obs": r.next_obs[t], "state": r.next_state[t], "avail": r.next_avail[t], "alive": r.next_alive[t]}
             for k, v in now.items():
@@ -187,6 +210,10 @@ class EpisodeReplay:
     def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
         self.size, self.ptr = int(state["size"]), int(state["ptr"])
         for k in self.shapes:
+            if f"data.{k}" not in state:  # a checkpoint from before issue 25: no lone truncations
+                self.data[k].zero_()
+                self.stage[k].zero_()
+                continue
             self.data[k][: self.size] = state[f"data.{k}"]
             self.stage[k].copy_(state[f"stage.{k}"])
         self.pos.copy_(state["pos"])

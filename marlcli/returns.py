@@ -14,19 +14,25 @@ def gae(
     done: Tensor,
     gamma: float,
     lam: float,
+    agent_truncated: Tensor | None = None,
 ) -> Tensor:
     """Generalized advantage estimation (Schulman et al. 2016) with auto-reset envs.
 
-    rewards, values, next_values, terminated: ``[T, B, N]``; done: ``[T, B]``.
+    rewards, values, next_values, terminated, agent_truncated: ``[T, B, N]``; done: ``[T, B]``.
     ``next_values[t]`` is V of the observation after step t, i.e. of the *final*
     observation where the episode was truncated, so truncation bootstraps and only
     ``terminated`` cuts the value. ``done`` stops the recursion at episode ends, and an
     agent's own ``terminated`` stops it for that agent: the rows after an agent finished
     early are padding whose deltas must not leak into its last real step (issue 15).
+    An agent truncated alone (``agent_truncated``, its own time limit while the episode
+    goes on) is a truncated episode for that agent: the recursion stops there too, but its
+    delta still bootstraps from ``next_values`` (its final observation; issue 25).
     Returns advantages ``[T, B, N]``.
     """
     not_term = (~terminated).to(rewards.dtype)
     cont = (~done).to(rewards.dtype)[..., None] * not_term
+    if agent_truncated is not None:
+        cont = cont * (~agent_truncated).to(rewards.dtype)
     deltas = rewards + gamma * next_values * not_term - values
     adv = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[0])

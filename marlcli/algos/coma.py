@@ -120,8 +120,12 @@ class COMA:
             return self.actor.act(ts.obs, ts.avail, hidden, deterministic=False)
 
     def _expected_next(self, r: Rollout) -> Tensor:
-        """``V_i(x') = sum_a pi_i(a|o'_i) Q'(x', (a'_-i, a))`` with ``a'`` sampled from pi: ``[T, B, N]``."""
-        d = self.actor.dist(r.next_obs, r.next_avail)
+        """``V_i(x') = sum_a pi_i(a|o'_i) Q'(x', (a'_-i, a))`` with ``a'`` sampled from pi: ``[T, B, N]``.
+
+        An agent truncated alone is valued under its last masks (``Rollout.next_masks``), not
+        with none available (which would make its policy uniform over every action).
+        """
+        d = self.actor.dist(r.next_obs, r.next_masks())
         q = self.critic_target(r.next_obs, r.next_state, d.sample())
         return (d.probs * q).sum(-1)
 
@@ -133,7 +137,9 @@ class COMA:
             q_taken = self.critic_target(r.obs, r.state, r.actions).gather(-1, r.actions.unsqueeze(-1)).squeeze(-1)
             next_v = self._expected_next(r)
             # TD(lambda) target = GAE(lambda) over Q(x_t, a_t) + Q(x_t, a_t)
-            targets = gae(r.reward, q_taken, next_v, r.terminated, r.done, a.gamma, a.td_lambda) + q_taken
+            # an agent truncated alone: its target stops there and bootstraps from its final observation
+            targets = gae(r.reward, q_taken, next_v, r.terminated, r.done, a.gamma, a.td_lambda,
+                          r.agent_truncated) + q_taken
         for _ in range(a.critic_epochs):
             q = self.critic(r.obs, r.state, r.actions).gather(-1, r.actions.unsqueeze(-1)).squeeze(-1)
             critic_loss = (((q - targets) ** 2) * mask).sum() / denom

@@ -193,7 +193,9 @@ class MADDPG:
         alive = b["alive"].float()
         denom = alive.sum().clamp(min=1.0)
         with torch.no_grad():  # y_i = r_i + gamma * Q'_i(x', mu'(o')); only termination cuts it
-            next_act = self._policy_action(self.actor_target, b["next_obs"], b["next_avail"], explore=False)
+            # an agent truncated alone bootstraps too, acting under its last masks (its next_avail is off)
+            next_avail = b["next_avail"] | b["agent_final_avail"]
+            next_act = self._policy_action(self.actor_target, b["next_obs"], next_avail, explore=False)
             q_next = self.critic_target(b["next_obs"], b["next_state"], next_act)
             y = b["reward"] + a.gamma * (~b["terminated"]).float() * q_next
         q = self.critic(b["obs"], b["state"], actions)

@@ -160,7 +160,8 @@ class PPO:
             values = self._values(r.obs, r.state)
             next_values = self._values(r.next_obs, r.next_state)
             logp_old, _ = self.actor.log_prob_entropy(r.obs, r.avail, r.actions)
-            adv = gae(r.reward, values, next_values, r.terminated, r.done, a.gamma, a.gae_lambda)
+            # an agent truncated alone stops its recursion and bootstraps from its final observation
+            adv = gae(r.reward, values, next_values, r.terminated, r.done, a.gamma, a.gae_lambda, r.agent_truncated)
             returns = adv + values
             mask = r.alive
             if a.value_norm:

@@ -213,10 +213,17 @@ class QLearner:
             metrics.update(self.learn(self.replay.sample(a.batch_episodes)))
         return metrics
 
-    def td_targets(self, b: dict[str, Tensor], q_next: Tensor, reward: Tensor, terminated: Tensor) -> Tensor:
-        """Targets ``[E, L, K]`` from next values, rewards and terminations ``[E, L, K]``."""
+    def td_targets(self, b: dict[str, Tensor], q_next: Tensor, reward: Tensor, terminated: Tensor,
+                   cut: Tensor | None = None) -> Tensor:
+        """Targets ``[E, L, K]`` from next values, rewards and terminations ``[E, L, K]``.
+
+        ``cut [E, L, K]`` ends an agent's return early without terminating it (its own time
+        limit): the target there bootstraps fully from ``q_next`` and looks no further.
+        """
         a = self.cfg
         cont = b["filled"][:, 1:, None].expand_as(reward)
+        if cut is not None:
+            cont = cont & ~cut
         tm = [x.transpose(0, 1) for x in (reward, q_next, terminated, cont)]  # time-major [L, E, K]
         g = (td_lambda(*tm, a.gamma, a.td_lambda) if a.returns == "lambda"
              else nstep_returns(*tm, a.gamma, a.nstep))
@@ -227,12 +234,19 @@ class QLearner:
         a = self.cfg
         q = self.actor.q_sequence(b["obs"], b["actions"])  # [E, L+1, N, A]
         chosen = q[:, :-1].gather(-1, b["actions"][:, :-1, :, None]).squeeze(-1)  # [E, L, N]
+        # an agent truncated alone at row t (its own time limit, the episode goes on; issue 25) is not
+        # terminated: it bootstraps from its final observation (row t + 1, where it no longer acts) under
+        # its last masks, and its return stops there (rows after it are padding)
+        lone = b.get("agent_truncated")
+        lone = lone[:, :-1] & b["alive"][:, :-1] if lone is not None else torch.zeros_like(b["alive"][:, :-1])
         with torch.no_grad():
             tq = self.target_actor.q_sequence(b["obs"], b["actions"])[:, 1:]
             next_avail = b["avail"][:, 1:]
+            if "agent_final_avail" in b:
+                next_avail = torch.where(lone[..., None], b["agent_final_avail"][:, :-1], next_avail)
             pick = q[:, 1:] if a.double_q else tq
             best = pick.detach().masked_fill(~next_avail, float("-inf")).argmax(-1, keepdim=True)
-            q_next = tq.gather(-1, best).squeeze(-1) * b["alive"][:, 1:]  # [E, L, N]
+            q_next = tq.gather(-1, best).squeeze(-1) * (b["alive"][:, 1:] | lone)  # [E, L, N]
             q_next = q_next.masked_fill(~next_avail.any(-1), 0.0)
         reward = b["reward"][:, :-1]
         if a.standardise_rewards:
@@ -246,7 +260,9 @@ class QLearner:
             reward, terminated = reward.mean(-1, keepdim=True), terminated.all(-1, keepdim=True)
         else:  # independent learners: one loss term per agent, masked where it did not act
             mask = mask & b["alive"][:, :-1]
-        target = self.td_targets(b, q_next, reward, terminated)
+        # per-agent returns stop at a lone truncation; a mixed Q_tot goes on with the team (the truncated
+        # agent's value at its final observation is in the mixed next value of that step)
+        target = self.td_targets(b, q_next, reward, terminated, lone if self.mixer is None else None)
         delta = target - chosen  # TD error [E, L, K]
         weight = mask.to(delta.dtype)
         if a.optimism:

@@ -13,6 +13,16 @@ bootstrap correctly on truncation (mpe2 episodes end by truncation at ``max_cycl
 never with the next episode's masks. Where ``done[b]`` is false the ``final_*`` fields
 equal the plain ones, so ``next_obs[t] == obs[t + 1]`` holds for every copy that goes on
 (``tests/test_env_contract.py`` checks this for every backend).
+
+An agent can also leave while its episode goes on: by termination (``terminated[b, i]``:
+no bootstrap) or by its own time limit (``agent_truncated[b, i]``, PettingZoo's
+``truncations[agent]`` for one agent while others continue). A lone truncation is not a
+termination: learners bootstrap from ``final_obs[b, i]`` (its last observation, which
+PettingZoo returns before the agent leaves) with its last masks ``agent_final_avail[b, i]``,
+and stop their recursions there, since the rows after it are padding. ``final_alive`` and
+``final_avail`` stay off for it (it does not act at ``obs[t + 1]``), so the continuity
+above still holds. Backends that never truncate an agent alone leave both at their
+default (all False).
 """
 
 from __future__ import annotations
@@ -146,6 +156,18 @@ class TimeStep:
     # and not terminated, so a truncated agent bootstraps and a terminated one does not)
     final_alive: Tensor
     info: dict[str, Tensor] = field(default_factory=dict)  # per-step stats, each [B]
+    # [B, N] bool, the agent left by its own time limit in this step while the episode goes on:
+    # bootstrap from final_obs and stop there (False where done: ``truncated`` covers that); None -> all False
+    agent_truncated: Tensor | None = None
+    # [B, N, A] bool, the env's masks at final_obs for those agents (final_avail is off for them:
+    # they do not act again); all False elsewhere; None -> all False
+    agent_final_avail: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.agent_truncated is None:
+            self.agent_truncated = torch.zeros_like(self.terminated)
+        if self.agent_final_avail is None:
+            self.agent_final_avail = torch.zeros_like(self.final_avail)
 
 
 class VecEnv(Protocol):

@@ -9,6 +9,11 @@ so a run resumed mid-episode continues exactly (for envs that are deterministic 
 their reset seed and the actions, as PettingZoo's seed test demands) without pickling
 the env.
 
+Per-agent endings: an agent whose ``terminations[agent]`` is set is ``terminated``; one
+whose ``truncations[agent]`` is set while others go on is ``agent_truncated``, with its
+last observation in ``final_obs`` and its last masks in ``agent_final_avail``, so
+learners bootstrap it instead of treating its departure as a termination.
+
 Action masks: a ``Dict`` observation space with ``observation`` and ``action_mask`` keys
 (PettingZoo's classic convention), or ``infos[agent]["action_mask"]``, mark actions
 unavailable per step; agents that are not in ``env.agents`` have none.
@@ -231,6 +236,8 @@ class PettingZooVecEnv:
         done = np.zeros(nb, dtype=bool)
         final_obs, final_state = np.empty_like(self._obs), np.empty_like(self._state)
         final_avail, final_alive = np.empty_like(self._avail), np.empty_like(self._alive)
+        lone_trunc = np.zeros((nb, n), dtype=bool)  # left by its own time limit while the episode goes on
+        lone_avail = np.zeros_like(self._avail)  # and its last masks (its avail is off: it does not act again)
         info = {k: np.zeros(nb, dtype=np.float32) for k in spec.stats}
         for b, env in enumerate(self.envs):
             acted = self._alive[b].copy()
@@ -251,6 +258,10 @@ class PettingZooVecEnv:
                 final_alive[b] = acted & ~terminated[b]  # truncated agents still have a value to bootstrap
                 final_avail[b] = self._mask[b] & final_alive[b][:, None]  # the env's last masks
                 self._reset_copy(b)
+            else:
+                for i, a in enumerate(spec.agents):
+                    lone_trunc[b, i] = acted[i] and bool(trunc.get(a, False)) and not terminated[b, i]
+                lone_avail[b] = self._mask[b] & lone_trunc[b][:, None]
         obs, state, avail = self._tensors()
         dev = self.device
         t = lambda x: torch.as_tensor(x, device=dev)  # noqa: E731
@@ -258,6 +269,7 @@ class PettingZooVecEnv:
             obs=obs, state=state, avail=avail, reward=t(reward), terminated=t(terminated), truncated=t(truncated),
             done=t(done), alive=t(self._alive.copy()), final_obs=t(final_obs), final_state=t(final_state),
             final_avail=t(final_avail), final_alive=t(final_alive), info={k: t(v) for k, v in info.items()},
+            agent_truncated=t(lone_trunc), agent_final_avail=t(lone_avail),
         )
 
     def state_dict(self) -> dict[str, Tensor]:

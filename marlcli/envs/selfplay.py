@@ -97,7 +97,8 @@ class SelfPlayVecEnv:
         o, a, idx = self.spec.obs_dim, self.spec.act_dim, self.learn
         return replace(ts, obs=ts.obs[:, idx, :o], avail=ts.avail[:, idx, :a], reward=ts.reward[:, idx],
                        terminated=ts.terminated[:, idx], alive=ts.alive[:, idx], final_obs=ts.final_obs[:, idx, :o],
-                       final_avail=ts.final_avail[:, idx, :a], final_alive=ts.final_alive[:, idx])
+                       final_avail=ts.final_avail[:, idx, :a], final_alive=ts.final_alive[:, idx],
+                       agent_truncated=ts.agent_truncated[:, idx], agent_final_avail=ts.agent_final_avail[:, idx, :a])
 
     def _start(self, ts: TimeStep) -> TimeStep:
         self.full_ts = ts

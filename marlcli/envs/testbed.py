@@ -26,6 +26,13 @@ score sum reaches ``need_i``. The episode ends when every agent has terminated, 
 truncation of those still live at ``max_cycles`` steps, so agents finish at seed- and
 action-dependent steps and both endings occur.
 
+Lone truncation (``agent_cycles``, default none): agent i still live after
+``agent_cycles[i]`` steps is truncated alone (``truncations`` true for it only) and
+leaves, with its observation of that step, while the others go on, as a PettingZoo env
+with per-agent time limits does; a shorter list leaves the rest at ``max_cycles``. It is
+a truncation, not a termination: the agent's future is cut by the clock, so learners
+must bootstrap it. (The optimum below assumes every agent has ``need_high`` steps.)
+
 Optimum: an agent's episode return is its final progress, at most 1. Always picking the
 target gets exactly 1 for every agent (``need_high <= max_cycles``): the best episode
 return is 1 per agent (``n_agents`` for the team, 1.0 for the agent mean that
@@ -64,7 +71,7 @@ class TestbedEnv(ParallelEnv):
 
     def __init__(self, n_agents: int = 3, max_cycles: int = 8, need_low: int = 2, need_high: int = 6,
                  continuous_actions: bool = False, mask_in: str = "obs", radius: float = 0.5,
-                 strict: bool = False) -> None:
+                 strict: bool = False, agent_cycles: list[int] | None = None) -> None:
         if int(n_agents) < 1:
             raise ConfigError(f"env.n_agents={n_agents} must be >= 1")
         if not 1 <= int(need_low) <= int(need_high) <= int(max_cycles):
@@ -75,6 +82,12 @@ class TestbedEnv(ParallelEnv):
         if float(radius) <= 0:
             raise ConfigError(f"env.radius={radius} must be positive")
         self.n, self.max_cycles = int(n_agents), int(max_cycles)
+        cycles = [] if agent_cycles is None else list(agent_cycles)
+        if len(cycles) > self.n or not all(1 <= int(c) <= self.max_cycles for c in cycles):
+            raise ConfigError(f"env.agent_cycles={cycles}: at most n_agents ({self.n}) per-agent limits, "
+                              f"each in [1, max_cycles ({self.max_cycles})]")
+        # the step count at which each agent still live is truncated (alone, if the others go on)
+        self.limits = [int(c) for c in cycles] + [self.max_cycles] * (self.n - len(cycles))
         self.need_low, self.need_high = int(need_low), int(need_high)
         self.continuous, self.mask_in = bool(continuous_actions), str(mask_in)
         self.radius, self.strict = float(radius), bool(strict)
@@ -206,18 +219,18 @@ class TestbedEnv(ParallelEnv):
         reward_vec = np.minimum(self.score, self.need) / self.need - progress
         self.t += 1
         done_now = {i for i in live if self.score[i] >= self.need[i] - 1e-9}
-        cut = self.t >= self.max_cycles
+        cut_now = {i for i in live if self.t >= self.limits[i]}  # max_cycles, or the agent's own limit
         self._draw()
         names = self.possible_agents
         obs = {names[i]: self._observe(i) for i in live}
         rew = {names[i]: float(reward_vec[i]) for i in live}
         term = {names[i]: i in done_now for i in live}
-        trunc = {names[i]: cut and i not in done_now for i in live}
+        trunc = {names[i]: i in cut_now and i not in done_now for i in live}
         infos = {names[i]: self._info(i) for i in live}
         self.shown[:] = False
         for i in live:
             self.shown[i] = True
-            if i in done_now or cut:
+            if i in done_now or i in cut_now:
                 self.alive[i] = False
         self.agents = [names[i] for i in range(self.n) if self.alive[i]]
         return obs, rew, term, trunc, infos

@@ -30,13 +30,22 @@ class RunningNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, x: Tensor, mask: Tensor | None = None) -> None:
-        """``x [..., *shape]``; ``mask`` (same leading shape) selects the entries that count."""
+        """``x [..., *shape]``; ``mask`` (same leading shape) selects the entries that count.
+
+        Under ``dist`` every rank must join the same collectives, also a rank whose rollout
+        has no alive rows (a rank that returned early would leave the others waiting in
+        theirs forever, issue 25): the row count is summed over all ranks first, and only
+        when no rank has a row do all of them skip the update together. A rank without rows
+        contributes zeros to the moments.
+        """
         flat = x.reshape(-1, *self.mean.shape)
         if mask is not None:
             flat = flat[mask.reshape(-1)]
-        if flat.numel() == 0:
+        rows = torch.tensor([float(flat.shape[0])], dtype=torch.float64, device=flat.device)
+        distributed.all_sum(rows)  # every rank, with rows or without
+        if rows.item() == 0:
             return
-        mean, mean_sq = distributed.moments(flat)  # over all ranks' rows (issue 21)
+        mean, mean_sq = distributed.moments(flat)  # over all ranks' rows (issue 21); zero rows here add zeros
         self.mean.mul_(self.beta).add_(mean * (1 - self.beta))
         self.mean_sq.mul_(self.beta).add_(mean_sq * (1 - self.beta))
         self.debias.mul_(self.beta).add_(1 - self.beta)

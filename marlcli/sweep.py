@@ -15,14 +15,14 @@ Hydra >= 1.2 does not hand the launcher's ``JobReturn`` list back to the caller 
 ``@hydra.main`` function, so the summary is built from the per-job status files; they also
 survive a launcher that dies with a worker.
 
-Slurm requeue (issue 25): ``hydra/launcher=slurm`` uses :class:`SlurmLauncher`, hydra-submitit's
-launcher with a ``checkpoint()`` that submitit calls on the time-limit or preemption signal
-(USR2, ``signal_delay_s`` before the kill): it tells the job's training process to stop
-(SIGUSR1: checkpoint at the next update boundary, exit 138), waits for it, and returns the
-resubmission, which submitit requeues (``max_num_timeout`` times after a time-out, always after
-a preemption). A job that finds its own status file from an earlier attempt continues with
-``resume=auto``, from that checkpoint. A preemption by SIGTERM (Slurm's default) stops the
-training process the same way, and a cluster that requeues it continues it the same way.
+Slurm requeue (issue 25): submitit signals a job ``signal_delay_s`` before its time limit, or
+when it is preempted (USR2); its handler calls the launcher's ``checkpoint()`` (hydra-submitit
+resubmits the same job) and requeues it, ``max_num_timeout`` times after a time-out and always
+after a preemption (conf/hydra/launcher/slurm.yaml). :func:`run_job` puts a handler in front of
+submitit's that first stops the job's training process cleanly (SIGUSR1: a checkpoint at the
+next update boundary, exit 138) and waits for it. A job that finds its own status file from an
+earlier attempt continues with ``resume=auto``, from that checkpoint. SIGTERM (Slurm's
+preemption and ``scancel``) is passed on to the training process, which stops the same way.
 
 Configuration dirs (issue 16): ``marl train -m critic=centralized,independent seed=0,1``
 writes ``<env>/<algo>/<run>/critic=independent/seed_1``. The parent hands the keys that do
@@ -33,6 +33,7 @@ this works with every launcher, Slurm included.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,7 +57,8 @@ JOB_ERROR = "error.txt"
 FAILED = "failed"
 STOPPED = "stopped"  # stopped by a signal after writing its checkpoint (resume=auto continues it)
 STOP_CODES = {130: "SIGINT", 143: "SIGTERM", 138: "SIGUSR1", 140: "SIGUSR2"}  # trainer.STOP_SIGNALS' exit codes
-_CHILD: dict[str, subprocess.Popen[bytes]] = {}  # the training process of the job running in this process
+CHILD_PID = "child.pid"  # the pid of the job's training process, while it runs
+_CHILD: dict[str, Path] = {}  # the pid file of the job running in this process
 
 
 # ----------------------------------------------------------------------------- resources
@@ -118,6 +120,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     started = "resumed" if auto and (out / "checkpoints" / "latest.pt").exists() else "finished"
     _write_status(job_dir, record)
     t0 = time.perf_counter()
+    restore = _stop_child_first(float(hc.launcher.get("signal_delay_s") or 120))
     try:
         if cfg.launcher.get("isolate", True):
             error = _run_child(cfg, job_dir, job_num, threads)
@@ -129,12 +132,52 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         record.update(status=STOPPED, error=_stop_line(exc, out), wall_s=round(time.perf_counter() - t0, 1))
         _write_status(job_dir, record)
         raise
+    finally:
+        restore()
     status = FAILED if error else started
     if error and error.startswith("stopped by "):
         status = STOPPED
     record.update(status=status, error=error, wall_s=round(time.perf_counter() - t0, 1))
     _write_status(job_dir, record)
     return record
+
+
+def _stop_child_first(signal_delay_s: float) -> Any:
+    """Under submitit: stop the training process cleanly before submitit's own handlers run.
+
+    submitit's requeue signal (USR2 unless ``$SUBMITIT_PREEMPT_SIGNAL`` says otherwise) gets a
+    handler that sends the training process SIGUSR1 and waits for its checkpoint (until shortly
+    before Slurm's kill), then hands over to submitit's (checkpoint, requeue, exit); SIGTERM is
+    passed on to the training process. Returns the function that puts the old handlers back.
+    Outside submitit, or with ``launcher.isolate=false`` (the training runs in this process and
+    keeps submitit's handlers; a requeued job then continues from its last periodic or
+    ``train.checkpoint_minutes`` checkpoint), it does nothing.
+    """
+    import threading
+
+    if not os.environ.get("SUBMITIT_EXECUTOR") or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    from submitit import JobEnvironment
+
+    requeue_sig = JobEnvironment._usr_sig()
+    old = {sig: signal.getsignal(sig) for sig in (requeue_sig, signal.SIGTERM)}
+
+    def on_requeue(signum: int, frame: Any) -> None:
+        stop_child(max(5.0, signal_delay_s - 15.0))
+        if callable(old[requeue_sig]):
+            old[requeue_sig](signum, frame)
+
+    def on_term(signum: int, frame: Any) -> None:
+        pid = _child_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if callable(old[signal.SIGTERM]):
+            old[signal.SIGTERM](signum, frame)
+
+    signal.signal(requeue_sig, on_requeue)
+    signal.signal(signal.SIGTERM, on_term)
+    return lambda: [signal.signal(sig, handler) for sig, handler in old.items()]
 
 
 def _stop_line(exc: BaseException, out: Path) -> str:
@@ -159,28 +202,38 @@ def _run_here(cfg: DictConfig, job_num: int, threads: int) -> str | None:
 def _run_child(cfg: DictConfig, job_dir: Path, job_num: int, threads: int) -> str | None:
     """Train in a fresh interpreter: an exception, a segfault or a kill ends only that process.
 
-    The process is kept in ``_CHILD`` while it runs, for :func:`stop_child` (Slurm's signal).
+    The process writes its pid to ``child.pid`` in the job dir, for :func:`stop_child` (Slurm's signal).
     """
     (job_dir / JOB_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     err_file = job_dir / JOB_ERROR
     err_file.unlink(missing_ok=True)
+    pid_file = job_dir / CHILD_PID
+    pid_file.unlink(missing_ok=True)  # an earlier attempt's
     env = {**os.environ, "MARL_JOB_NUM": str(job_num), "MARL_THREADS": str(threads),
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with subprocess.Popen([sys.executable, "-m", "marlcli.sweep", str(job_dir)], env=env) as proc:
-        _CHILD["proc"] = proc
-        try:
-            returncode = proc.wait()
-        finally:
-            _CHILD.pop("proc", None)
-    if returncode == 0:
+    _CHILD["pid_file"] = pid_file
+    try:
+        proc = subprocess.run([sys.executable, "-m", "marlcli.sweep", str(job_dir)], env=env, check=False)
+    finally:
+        _CHILD.pop("pid_file", None)
+    if proc.returncode == 0:
         return None
     if err_file.exists():
-        return err_file.read_text().strip() or f"exit code {returncode}"
-    if returncode in STOP_CODES:
-        return f"stopped by {STOP_CODES[returncode]} (checkpoint written; resume=auto continues it)"
-    if returncode < 0:
-        return f"killed by {signal.Signals(-returncode).name}"
-    return f"exit code {returncode} (no error recorded; see the seed dir's train.log)"
+        return err_file.read_text().strip() or f"exit code {proc.returncode}"
+    if proc.returncode in STOP_CODES:
+        return f"stopped by {STOP_CODES[proc.returncode]} (checkpoint written; resume=auto continues it)"
+    if proc.returncode < 0:
+        return f"killed by {signal.Signals(-proc.returncode).name}"
+    return f"exit code {proc.returncode} (no error recorded; see the seed dir's train.log)"
+
+
+def _child_pid() -> int | None:
+    """The running training process of this job (None before it started or outside a job)."""
+    pid_file = _CHILD.get("pid_file")
+    try:
+        return int(pid_file.read_text()) if pid_file is not None else None
+    except (OSError, ValueError):
+        return None
 
 
 def stop_child(wait_s: float) -> int | None:
@@ -190,19 +243,19 @@ def stop_child(wait_s: float) -> int | None:
     reaps it (``WNOWAIT``): the waiting ``_run_child`` still gets its exit code. Returns the
     exit code, or None when no process runs or it did not exit within ``wait_s`` seconds.
     """
-    proc = _CHILD.get("proc")
-    if proc is None or proc.returncode is not None:
+    pid = _child_pid()
+    if pid is None:
         return None
     try:
-        os.kill(proc.pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGUSR1)
     except ProcessLookupError:
-        pass
+        return None
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
-            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:  # already reaped
-            return proc.returncode
+            return None
         if info is not None:
             return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
         time.sleep(0.05)
@@ -217,6 +270,7 @@ def _child_main(job_dir: Path) -> int:
 
     torch.set_num_threads(int(os.environ.get("MARL_THREADS", "1")))
     cfg = OmegaConf.load(job_dir / JOB_CONFIG)
+    (job_dir / CHILD_PID).write_text(f"{os.getpid()}\n")  # for stop_child in the job's launcher process
     try:
         out = train(cfg)  # type: ignore[arg-type]
     except Stopped as exc:  # a signal: checkpoint written; the exit code says which signal
@@ -373,35 +427,6 @@ def summarize(p: SweepPlan, launcher_error: str | None = None) -> int:
         line += f" (launcher: {launcher_error})"
     console.print(f"sweep: {line or 'no jobs'}")
     return 1 if counts[FAILED] or counts[STOPPED] or missing > 0 or launcher_error else 0
-
-
-# ----------------------------------------------------------------------------- Slurm requeue
-def _requeue_launcher(base: type) -> type:
-    """``base`` (a hydra-submitit launcher) whose ``checkpoint()`` first stops the job's training cleanly."""
-
-    class Requeue(base):  # type: ignore[misc, valid-type]
-        def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-            """submitit calls this on the time-limit / preemption signal, before it requeues the job.
-
-            The training process gets until shortly before Slurm's kill (``signal_delay_s``) to
-            write its checkpoint; the resubmission is the same job, which then continues it.
-            """
-            delay = float(self.params.get("signal_delay_s") or 120)
-            stop_child(max(5.0, delay - 15.0))
-            return super().checkpoint(*args, **kwargs)
-
-    Requeue.__name__ = Requeue.__qualname__ = base.__name__
-    Requeue.__module__ = __name__
-    return Requeue
-
-
-try:
-    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _submitit
-except ImportError:  # hydra-submitit-launcher not installed: no Slurm sweeps
-    pass
-else:
-    SlurmLauncher = _requeue_launcher(_submitit.SlurmLauncher)  # conf/hydra/launcher/slurm.yaml's _target_
-    LocalLauncher = _requeue_launcher(_submitit.LocalLauncher)  # the same on this machine (submitit's local executor)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from marlcli import distributed, results, selfplay
 from marlcli.algos import check_compatible, load_family
 from marlcli.algos.base import Algorithm
 from marlcli.buffers import Rollout
+from marlcli.compat import check_pairings
 from marlcli.envs import make_env
 from marlcli.envs.base import TimeStep, VecEnv
 from marlcli.errors import CheckpointError, ConfigError, TrainingError
@@ -207,6 +208,7 @@ def validate(cfg: DictConfig) -> None:
     env = make_env(cfg.env, 1, int(cfg.seed), torch.device("cpu"))
     try:
         check_compatible(load_family(cfg.algo), env.spec, cfg)
+        check_pairings(cfg, env.spec)  # option pairings with no meaning (marlcli/compat.py, issue 25)
         selfplay.check(cfg, env.spec)
     finally:
         env.close()
@@ -253,10 +255,8 @@ class StopRequest:
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise _Abort
-        if self.signum is None:
+        if self.signum is None:  # silent here: the one line comes when the run has stopped, with its resume command
             self.signum = signum
-            print(f"marl train: {signal.Signals(signum).name}: stopping at the end of this update (writing a "
-                  f"checkpoint){'; Ctrl-C again to abort at once' if signum == signal.SIGINT else ''}", file=sys.stderr)
 
 
 def train(cfg: DictConfig, given: list[str] | None = None) -> Path:
@@ -473,9 +473,12 @@ def _train(cfg: DictConfig, stop: StopRequest, given: list[str] | None) -> Path:
 
 def _finished(payload: dict[str, Any], cfg: DictConfig) -> bool:
     """The checkpoint is its run's last: at ``train.total_steps`` with its final evaluation done."""
-    counters = payload["counters"]
-    step = int(counters.get("step", 0))
-    return step >= int(cfg.train.total_steps) and int(counters.get("eval", -1)) >= step
+    try:
+        counters = payload["counters"]
+        step = int(counters.get("step", 0))
+        return step >= int(cfg.train.total_steps) and int(counters.get("eval", -1)) >= step
+    except (TypeError, ValueError, AttributeError):  # a damaged file: restoring it gives the one-line error
+        return False
 
 
 def check_finite(record: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import shlex
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,9 +19,9 @@ import pytest
 import torch
 from conftest import make_cfg, strip_time
 
-from marlcli import results, trainer
+from marlcli import results, sweep, trainer
 from marlcli.cli import main
-from marlcli.trainer import Stopped, StopRequest, train
+from marlcli.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 # 20 updates of 100 env steps: long enough to signal mid-run, short enough for the suite
@@ -76,11 +77,20 @@ def same_run(a: Path, b: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- stop cleanly, resume exactly
-def test_signals_stop_with_a_checkpoint_and_resume_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """The runs the interrupted ones must reproduce: ARGS to the end, seeds 0 and 1, on CPU, one thread."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("uninterrupted")
+    return {k: train(make_cfg(f"results_dir={root}", "run=r", f"seed={k}", *ARGS)) for k in (0, 1)}
+
+
+def test_signals_stop_with_a_checkpoint_and_resume_exactly(tmp_path: Path, uninterrupted: dict[int, Path],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """A real `marl train` per signal, signalled at a random moment after its first metrics line; the
     printed resume command (or resume=auto) then ends where the uninterrupted run ends."""
     torch.set_num_threads(1)
-    ref = train(make_cfg(f"results_dir={tmp_path / 'ref'}", "run=r", *ARGS))
+    ref = uninterrupted[0]
     codes = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 138}
     procs = {}
     for sig in codes:
@@ -150,7 +160,7 @@ def test_a_second_ctrl_c_aborts_at_once_in_one_line(tmp_path: Path, monkeypatch:
 
 
 def test_stop_request_handlers_only_note_the_signal() -> None:
-    with StopRequest() as stop:
+    with trainer.StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGUSR2)  # submitit's time-limit signal: noted, not fatal
         assert stop.signum == signal.SIGUSR2
         os.kill(os.getpid(), signal.SIGTERM)  # another signal while stopping changes nothing
@@ -158,7 +168,7 @@ def test_stop_request_handlers_only_note_the_signal() -> None:
     assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
     assert trainer.STOP_SIGNALS == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 138,
                                     signal.SIGUSR2: 140}
-    assert issubclass(Stopped, trainer.TrainingError)
+    assert issubclass(trainer.Stopped, trainer.TrainingError)
 
 
 # ----------------------------------------------------------------------------- resume edge cases (item 7)
@@ -397,3 +407,112 @@ def test_results_files_follow_the_umask(tmp_path: Path) -> None:
              out / "checkpoints" / "latest.pt", out / "checkpoints" / "step_100.pt"]
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: "0o644" for p in files}
     assert stat.S_IMODE((tmp_path / "other.txt").stat().st_mode) == 0o640
+
+
+# ----------------------------------------------------------------------------- Slurm requeue (emulated)
+SBATCH = '''
+import json, os, re, subprocess, sys
+script = open(sys.argv[1]).read()
+m = re.search(r"--array=(\\d+)-(\\d+)", script)
+tasks = int(m.group(2)) - int(m.group(1)) + 1 if m else 1
+folder = [ln for ln in script.splitlines() if "submitit.core._submit" in ln][0].split()[-1]
+state = os.environ["FAKE_SLURM_DIR"]
+log = open(os.path.join(state, "runner.log"), "a")
+subprocess.Popen([sys.executable, os.path.join(state, "runner.py"), "4242", str(tasks), folder], stdout=log,
+                 stderr=subprocess.STDOUT, start_new_session=True)
+print("Submitted batch job 4242")
+'''
+
+# The cluster's side of one array job: start each task's submitit process with Slurm's variables; on the
+# first attempt send it the time-limit signal (USR2, submitit's) once its run has started - to the whole
+# process group (task 0: slurmstepd signals every process of the step) or to the task's process alone
+# (task 1) -; rerun a task that `scontrol requeue` marked, as Slurm does.
+RUNNER = '''
+import json, os, random, signal, subprocess, sys, threading, time
+from pathlib import Path
+job, ntasks, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+state = Path(os.environ["FAKE_SLURM_DIR"])
+watch = json.loads(os.environ["FAKE_SLURM_WATCH"])
+
+def run(k):
+    env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": str(int(job) + 1 + k), "SLURM_ARRAY_JOB_ID": job,
+           "SLURM_ARRAY_TASK_ID": str(k), "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+           "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost", "SLURM_CPUS_PER_TASK": "1"}
+    for attempt in range(4):
+        env["SLURM_RESTART_COUNT"] = str(attempt)
+        with open(state / f"task{k}_attempt{attempt}.log", "w") as log:
+            p = subprocess.Popen([sys.executable, "-u", "-m", "submitit.core._submit", folder], env=env, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+            if attempt == 0:
+                metrics = Path(watch[str(k)])
+                while p.poll() is None and not (metrics.exists() and metrics.read_text().strip()):
+                    time.sleep(0.02)
+                time.sleep(random.uniform(0.0, 0.3))
+                if k == 0:
+                    os.killpg(p.pid, signal.SIGUSR2)
+                else:
+                    p.send_signal(signal.SIGUSR2)
+            p.wait()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # the job's leftovers go with it
+            except ProcessLookupError:
+                pass
+        marker = state / f"requeue_{job}_{k}"
+        if not marker.exists():
+            break
+        marker.unlink()
+    (state / f"task{k}.attempts").write_text(str(attempt + 1))
+
+threads = [threading.Thread(target=run, args=(k,)) for k in range(ntasks)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+'''
+
+
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, watch: dict[int, Path]) -> Path:
+    """sbatch / scontrol / sacct / srun on PATH, backed by RUNNER: what submitit sees of a cluster."""
+    state, bin_dir = tmp_path / "slurm_state", tmp_path / "bin"
+    state.mkdir()
+    bin_dir.mkdir()
+    (state / "runner.py").write_text(RUNNER)
+    scripts = {"sbatch": f"#!{sys.executable}\n{SBATCH}",
+               "scontrol": f'#!/bin/sh\n[ "$1" = requeue ] && touch "{state}/requeue_$2"\n',
+               "sacct": "#!/bin/sh\necho 'JobID|State|NodeList'\n", "srun": "#!/bin/sh\nexit 0\n"}
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(state))
+    monkeypatch.setenv("FAKE_SLURM_WATCH", json.dumps({str(k): str(v) for k, v in watch.items()}))
+    for key, value in env_1_thread().items():
+        monkeypatch.setenv(key, value)
+    return state
+
+
+def test_slurm_requeues_a_timed_out_job_and_it_continues_from_its_checkpoint(
+        tmp_path: Path, uninterrupted: dict[int, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`marl train -m hydra/launcher=slurm` on an emulated cluster: both jobs get the time-limit signal mid-run,
+    checkpoint, are requeued by submitit (max_num_timeout > 0 in conf/hydra/launcher/slurm.yaml) and finish
+    with the metrics and weights of an uninterrupted run."""
+    torch.set_num_threads(1)
+    res = tmp_path / "res"
+    seed_dirs = {k: res / "spread" / "mappo" / "slurm" / f"seed_{k}" for k in (0, 1)}
+    state = fake_slurm(tmp_path, monkeypatch, {k: d / "metrics.jsonl" for k, d in seed_dirs.items()})
+    rc = main(["train", "-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40",
+               "seed=0,1", f"results_dir={res}", "run=slurm", *ARGS])
+    err = capsys.readouterr().err
+    logs = {p.name: p.read_text()[-2000:] for p in state.glob("*.log")}
+    assert rc == 0, (err, logs)
+    assert [r["status"] for r in sweep.read_statuses(res / ".sweeps" / "slurm")] == ["resumed", "resumed"], logs
+    deadline = time.monotonic() + 60
+    while not all((state / f"task{k}.attempts").exists() for k in (0, 1)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the emulated cluster notes the attempts once the task's processes are gone
+    assert [(state / f"task{k}.attempts").read_text() for k in (0, 1)] == ["2", "2"]  # scontrol requeue, once each
+    for k, seed_dir in seed_dirs.items():
+        log = (seed_dir / "train.log").read_text()
+        # task 1's training process only heard of it through run_job's handler (SIGUSR1); task 0's got both
+        assert ("stopped by SIGUSR1" in log or (k == 0 and "stopped by SIGUSR2" in log)) and " resume " in log, log
+        same_run(seed_dir, uninterrupted[k])

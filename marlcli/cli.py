@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from marlcli.cliutil import default_run_name, fail, parse_kv
+from marlcli.cliutil import default_run_name, fail, os_error, parse_kv
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -90,7 +90,7 @@ def validate_overrides(overrides: list[str], exclude: list[str] | None = None) -
     (a multirun's hidden keys) gives each combination its configuration dir, as its job will have.
     """
     from marlcli import cliutil
-    from marlcli.config import compose
+    from marlcli.config import compose_checked
     from marlcli.errors import MarlError
     from marlcli.trainer import prepare, validate
 
@@ -100,14 +100,14 @@ def validate_overrides(overrides: list[str], exclude: list[str] | None = None) -
         return f"cannot parse overrides: {str(exc).splitlines()[0]}"
     for combo in combos:
         try:
-            cfg = compose(combo)
+            cfg = compose_checked(combo)  # typos, unknown choices and wrong types, in words (issue 25)
             if exclude is not None and not cfg.get("variant"):
                 cfg.variant = cliutil.variant_name(combo, exclude)
-            cfg, _ = prepare(cfg)
+            cfg, _ = prepare(cfg, given=combo)  # resume=<dir>: a given key must match the saved run
             validate(cfg)
         except MarlError as exc:
             return str(exc)
-        except Exception as exc:  # Hydra/OmegaConf composition errors
+        except Exception as exc:  # an env factory refusing its arguments (a user's PettingZoo env raising ValueError)
             return _hydra_message(exc)
     return None
 
@@ -241,9 +241,14 @@ def hydra_task(cfg: DictConfig) -> Any:
 
         return run_job(cfg)  # never raises; the parent prints the summary
     try:
-        out = train(cfg)
+        out = train(cfg, given=list(HydraConfig.get().overrides.task))
     except MarlError as exc:
+        if getattr(exc, "exit_code", None) is not None:  # stopped by a signal (trainer.Stopped): 130 / 143 / 138
+            print(f"marl train: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
         sys.exit(fail("train", str(exc)))
+    except OSError as exc:  # the results dir cannot be written (read-only, full disk, a file in its way): one line
+        sys.exit(fail("train", os_error(cfg.results_dir, exc)))
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank runs this; rank 0 speaks
         print(f"results: {out}")
     return None
@@ -254,12 +259,19 @@ def eval_main(args: list[str]) -> int:
     from marlcli.errors import MarlError
 
     args = ["comm.cut=true" if a == "comm=off" else a for a in args]  # the channel-cut ablation
+    other = next((a for a in args if a.startswith("comm=")), None)
+    if other:  # the run's channel type is fixed by its weights: only the cut (and comm.KEY=VALUE) can be asked for
+        return fail("eval", f"{other}: comm=off (the channel cut) is the one comm= value; degrade the channel with "
+                            "comm.KEY=VALUE (comm.dropout=0.2)")
     try:
         parsed = parse_kv(args, {"episodes": 1000, "seed": 0, "deterministic": True, "device": "cpu", "envs": 1000,
-                                 "vs": ""}, passthrough=EVAL_CONFIG_KEYS)
+                                 "vs": ""}, passthrough=EVAL_CONFIG_KEYS, positive=("episodes", "envs"))
     except ValueError as exc:
         return fail("eval", str(exc))
     if len(parsed.paths) != 1:
+        flags = [p for p in parsed.paths if p.startswith("-")]
+        if flags:
+            return fail("eval", f"unknown flag '{flags[0]}': options are key=value (episodes=100 seed=1 ...)")
         return fail("eval", "give exactly one PATH (a seed dir, a run dir, a .pt file or an export dir)")
     try:
         from marlcli.export import evaluate_export, is_export
@@ -269,6 +281,9 @@ def eval_main(args: list[str]) -> int:
         if vs:  # cross-play: each side through its own run's actor (marlcli/crossplay.py)
             from marlcli.crossplay import evaluate_vs
 
+            if parsed.overrides:  # evaluate_vs plays both runs where they were trained: never ignore an option
+                return fail("eval", f"vs= (cross-play) takes no env./comm. options ({parsed.overrides[0]}): both runs "
+                                    "play in the env they were trained in")
             rows = evaluate_vs(target, Path(vs), **parsed.opts)
         else:
             run = evaluate_export if is_export(target) else evaluate_path
@@ -293,6 +308,7 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     from marlcli.errors import CheckpointError
     from marlcli.trainer import resolve_device
 
+    check_counts(episodes=episodes, envs=envs)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; give a seed dir, a run dir or a .pt file")
     targets = [path] if path.is_file() else results.find_seed_dirs(path)
@@ -305,6 +321,8 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
     channel = {k: v for k, v in given.items() if k.startswith("comm.")}  # message-channel ablation (issue 19)
     for target in targets:
         payload = results.load_checkpoint(target)
+        factory = {k: v for k, v in given.items() if k == "env.factory"}  # a factory given here is trusted
+        check_eval_overrides(results.checkpoint_config(payload, overrides=factory), given)
         cfg = results.checkpoint_config(payload, overrides=given)
         res, spec = _episodes(cfg, payload, episodes, envs, seed, dev, deterministic, moved)
         summary = {k.removeprefix("eval/"): v for k, v in res.summary().items()}
@@ -331,6 +349,52 @@ def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic
             results.atomic_write_text(sdir / name, json.dumps(row, indent=2) + "\n")
         rows.append(row)
     return rows
+
+
+def check_counts(**counts: Any) -> None:
+    """``episodes``/``envs`` of ``marl eval`` (and ``evaluate_path`` called from scripts) are integers >= 1."""
+    from marlcli.errors import ConfigError
+
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer (1 or more), got {value!r}")
+
+
+def check_eval_overrides(saved: DictConfig, given: dict[str, str]) -> None:
+    """``env.KEY=VALUE`` / ``comm.KEY=VALUE`` of ``marl eval``, checked against the run's saved config (issue 25).
+
+    A key the saved env config lacks names the closest ones; a value must have the type the
+    key has there (``env.N=abc`` or ``env.N=1.5`` where N is 3) and be in range (``env.N=0``),
+    so it fails here as one line instead of inside the env. ``env.num_envs`` is the training
+    batch, which evaluation does not use (``envs=`` sets its copies): refused, not ignored.
+    """
+    from omegaconf import OmegaConf
+
+    from marlcli.cliutil import suggest
+    from marlcli.config import check_comm_override, check_env_value, parse_value, shown
+    from marlcli.errors import ConfigError
+
+    env = OmegaConf.to_container(saved.env, resolve=False)
+    assert isinstance(env, dict)
+    for key, value in given.items():
+        if key.startswith("comm."):
+            check_comm_override(key, value)
+            continue
+        name = key.removeprefix("env.")
+        if name == "factory":
+            continue
+        if name == "num_envs":
+            raise ConfigError("env.num_envs is the training batch; marl eval steps envs=N copies (default 1000)")
+        head, _, sub = name.partition(".")
+        if head not in env:
+            keys = [f"env.{k}" for k in env if k != "kwargs"]
+            raise ConfigError(f"{key}: the run's env config has no key '{head}'{suggest(key, keys)} "
+                              f"(its keys: {', '.join(k.removeprefix('env.') for k in keys)})")
+        reference = env[head] if not sub else (env[head].get(sub) if isinstance(env[head], dict) else None)
+        if sub and reference is None:  # a free-form factory argument the run did not set
+            continue
+        check_env_value(key, parse_value(value), reference,
+                        f" (the run's env.{name} is {shown(reference)})" if reference is not None else "")
 
 
 def _episodes(cfg: Any, payload: dict[str, Any], episodes: int, envs: int, seed: int, dev: Any, deterministic: bool,
@@ -422,6 +486,12 @@ def print_eval_table(rows: list[dict[str, Any]]) -> None:
 
 
 def entry() -> None:
+    """The ``marl`` console script: ``main()``'s exit code; Ctrl-C is one line and 130 (128 + SIGINT), never a traceback.
+
+    ``marl train`` stops itself on SIGINT (a checkpoint and a resume hint, trainer.py); a Ctrl-C that
+    reaches here (during ``marl eval``, ``report`` or ``export``, or before training started) has
+    nothing to save, so it only says so.
+    """
     try:
         code = main()
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:  # a rank of torchrun / Slurm
@@ -432,6 +502,10 @@ def entry() -> None:
     except BrokenPipeError:  # `marl ... | head`
         sys.stderr.close()
         sys.exit(0)
+    except KeyboardInterrupt:
+        cmd = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in ("train", "eval", "report", "export") else ""
+        print(f"marl {cmd}: interrupted" if cmd else "marl: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

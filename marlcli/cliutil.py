@@ -7,6 +7,8 @@ module imports nothing from marlcli, so none of those modules needs another's in
 
 from __future__ import annotations
 
+import difflib
+import errno
 import itertools
 import math
 import os
@@ -31,6 +33,29 @@ def fail(command: str, message: str) -> int:
     return 2
 
 
+def suggest(word: str, candidates: Any, n: int = 3) -> str:
+    """`` (did you mean train.total_steps?)`` for a mistyped name, or ``""`` when nothing is close.
+
+    The closest names by ``difflib`` ratio, so a typo is answered with the key the user meant, not
+    with Hydra's ``use +key`` (which adds the typo as a new, silently ignored key; issue 25).
+    """
+    close = difflib.get_close_matches(word, sorted({str(c) for c in candidates}), n=n, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def os_error(path: Any, exc: OSError) -> str:
+    """``cannot write out/x: not a directory (ENOTDIR)``: a failed file operation as one line, in words."""
+    if exc.errno is None:
+        return f"cannot write {path}: {' '.join(str(exc).split())}"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a directory must go: say which
+        blocking = next((a for a in [Path(path), *Path(path).parents] if a.exists() and not a.is_dir()), None)
+        if blocking is not None:
+            return f"cannot write {path}: {blocking} is a file, not a directory"
+    why = os.strerror(exc.errno)
+    name = errno.errorcode.get(exc.errno)
+    return f"cannot write {exc.filename or path}: {why[:1].lower()}{why[1:]}" + (f" ({name})" if name else "")
+
+
 # ----------------------------------------------------------------------------- key=value options
 @dataclass
 class Options:
@@ -41,12 +66,15 @@ class Options:
     overrides: list[str]  # ``<prefix>key=value`` options (e.g. ``env.factory=...``), in order
 
 
-def parse_kv(args: list[str], known: dict[str, Any], passthrough: tuple[str, ...] = ()) -> Options:
+def parse_kv(args: list[str], known: dict[str, Any], passthrough: tuple[str, ...] = (),
+             positive: tuple[str, ...] = ()) -> Options:
     """Split ``args`` into paths and ``key=value`` options typed like ``known``'s defaults.
 
     Keys in ``passthrough`` (exact keys such as ``env.factory``, or prefixes ending in ``.``
     such as ``env.``) are kept verbatim as overrides, so a command can accept config keys
-    without a typed default. An unknown key raises ``ValueError`` with a one-line message.
+    without a typed default. Integer options in ``positive`` must be at least 1 (``episodes=0``
+    would otherwise fail deep inside torch). An unknown key, a value of the wrong type or out of
+    range raises ``ValueError`` with a one-line message; an unknown key names the closest ones.
     """
     paths: list[str] = []
     opts, overrides = dict(known), []
@@ -60,8 +88,11 @@ def parse_kv(args: list[str], known: dict[str, Any], passthrough: tuple[str, ...
             continue
         if k not in known:
             every = [*known, *(f"{p}KEY=" if p.endswith(".") else f"{p}=" for p in passthrough)]
-            raise ValueError(f"unknown option '{k}'; options: {', '.join(every)}")
+            near = suggest(k, [*known, *(p for p in passthrough if not p.endswith("."))])
+            raise ValueError(f"unknown option '{k}'{near}; options: {', '.join(every)}")
         opts[k] = _typed(k, v, known[k])
+        if k in positive and opts[k] < 1:
+            raise ValueError(f"{k} must be a positive integer (1 or more), got {opts[k]}")
     return Options(paths, opts, overrides)
 
 

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from marlcli.cliutil import os_error
 from marlcli.errors import MarlError
 
 MANIFEST_FORMAT = "marlcli-export/1"
@@ -340,7 +341,13 @@ def ort_session(path: Path, threads: int = 1, providers: list[str] | None = None
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own NoSuchFile / InvalidProtobuf / Fail
+        from marlcli.results import describe
+
+        raise ExportError(f"{path}: onnxruntime cannot load it ({describe(exc)[:160]}); re-export with marl export") \
+            from None
 
 
 # ----------------------------------------------------------------------------- parity on recorded episodes
@@ -558,6 +565,8 @@ def export(path: Path, formats: tuple[str, ...] = FORMATS, out: Path | None = No
     payload = results.load_checkpoint(path)
     cfg = results.checkpoint_config(payload, overrides=overrides)
     out = out or default_out(path, payload)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"out={out} is a file, not a directory; choose out=DIR")
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
         raise ExportError(f"{out} exists and is not an earlier export; choose out=DIR")
     cpu = torch.device("cpu")
@@ -578,9 +587,12 @@ def export(path: Path, formats: tuple[str, ...] = FORMATS, out: Path | None = No
     sharing = str(cfg.sharing.mode)
     groups = groups_of(sharing, spec)
     policies = [GroupPolicy(actor, spec, g).eval() for g in groups]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    tmp.chmod(0o755)
+    try:  # a read-only, full or misplaced out=DIR: one line before anything is exported
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        tmp.chmod(0o755)
+    except OSError as exc:
+        raise ExportError(os_error(out, exc)) from None
     try:
         handles: dict[str, list[Any]] = {f: [] for f in formats}
         used = exporter
@@ -660,6 +672,9 @@ def export(path: Path, formats: tuple[str, ...] = FORMATS, out: Path | None = No
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+    except OSError as exc:  # the disk filled up or the dir became unwritable while the files were written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(os_error(out, exc)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -677,7 +692,10 @@ def export_main(args: list[str]) -> int:
     known = {"format": ",".join(FORMATS), "out": "", "parity_episodes": 16, "seed": 0, "latency_iters": 1000,
              "exporter": "legacy"}
     try:
-        parsed = parse_kv(args, known, passthrough=("env.factory",))
+        parsed = parse_kv(args, known, passthrough=("env.factory",), positive=("parity_episodes", "latency_iters"))
+        flags = [p for p in parsed.paths if p.startswith("-")]
+        if flags:
+            raise ValueError(f"unknown flag '{flags[0]}': options are key=value (format=onnx out=DIR ...)")
         if len(parsed.paths) != 1:
             raise ValueError("give exactly one PATH (a seed dir or a .pt file)")
         path = Path(parsed.paths[0])
@@ -719,6 +737,45 @@ def is_export(path: Path) -> bool:
     """An export dir (with ``manifest.json``) or an ``.onnx`` file next to one."""
     return (path.is_dir() and (path / "manifest.json").is_file()) or \
         (path.suffix == ".onnx" and (path.parent / "manifest.json").is_file())
+
+
+MANIFEST_KEYS = {"format": str, "formats": list, "files": list, "agents": list, "source": dict, "action": dict}
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """An export dir's ``manifest.json``, checked before anything runs: a broken export dir is one line.
+
+    Its keys and types, the source config it names, and each ONNX file it lists (present, and
+    the bytes its ``onnx_sha256`` names: a truncated or replaced file is refused before
+    onnxruntime reads it).
+    """
+    where = root / "manifest.json"
+    try:
+        manifest = json.loads(where.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ExportError(f"{where} is not a marlcli export manifest ({MANIFEST_FORMAT}); re-export with marl export") \
+            from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ExportError(f"{where} is not a marlcli export manifest ({MANIFEST_FORMAT}); re-export with marl export")
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise ExportError(f"{where} has no valid '{key}' ({kind.__name__}); the export is broken: re-export it")
+    config = manifest["source"].get("config")
+    if not isinstance(config, str) or not (root / config).is_file():
+        raise ExportError(f"{root}: the source config the manifest names ({config}) is missing; re-export it")
+    for f in manifest["files"]:
+        name = f.get("onnx") if isinstance(f, dict) else None
+        if not isinstance(f, dict) or "name" not in f or not isinstance(f.get("inputs"), list) \
+                or not isinstance(f.get("outputs"), list):
+            raise ExportError(f"{where}: a 'files' entry lacks its name, inputs or outputs; re-export it")
+        if name is None:
+            continue
+        if not (root / name).is_file():
+            raise ExportError(f"{root / name} is missing (listed in {where}); re-export with marl export")
+        if f.get("onnx_sha256") and sha256(root / name) != f["onnx_sha256"]:
+            raise ExportError(f"{root / name} does not match its sha256 in {where} (truncated or replaced); "
+                              "re-export with marl export")
+    return manifest
 
 
 class OnnxActors:
@@ -769,17 +826,15 @@ def evaluate_export(path: Path, episodes: int = 1000, seed: int = 0, determinist
     episodes are played as by ``marl eval`` on the checkpoint.
     """
     from marlcli import results
+    from marlcli.cli import check_counts, check_eval_overrides
     from marlcli.evaluate import run_episodes
     from marlcli.trainer import env_for_eval, resolve_device
 
+    check_counts(episodes=episodes, envs=envs)
     root = path if path.is_dir() else path.parent
     if not is_export(path):
         raise ExportError(f"{path} is not an export (no manifest.json next to it); run marl export first")
-    try:
-        manifest = json.loads((root / "manifest.json").read_text())
-        assert manifest.get("format") == MANIFEST_FORMAT
-    except Exception:  # noqa: BLE001
-        raise ExportError(f"{root / 'manifest.json'} is not a marlcli export manifest ({MANIFEST_FORMAT})") from None
+    manifest = read_manifest(root)
     if path.suffix == ".onnx" and path.name not in {f.get("onnx") for f in manifest["files"]}:
         raise ExportError(f"{path.name} is not listed in {root / 'manifest.json'}")
     if "onnx" not in manifest["formats"]:
@@ -792,8 +847,10 @@ def evaluate_export(path: Path, episodes: int = 1000, seed: int = 0, determinist
                           f"({', '.join(manifest['selfplay']['learning_slots'])}), not every agent of the env; "
                           "evaluate the run itself: marl eval <seed dir>")
     given = dict(o.split("=", 1) for o in overrides or [])
-    cfg = results.checkpoint_config({"config": (root / src["config"]).read_text(), "_path": str(root / src["config"])},
-                                    overrides=given)
+    source = {"config": (root / src["config"]).read_text(), "_path": str(root / src["config"])}
+    check_eval_overrides(results.checkpoint_config(source, overrides={k: v for k, v in given.items() if k == "env.factory"}),
+                         given)
+    cfg = results.checkpoint_config(source, overrides=given)
     dev = resolve_device(device)
     env = env_for_eval(cfg, min(episodes, envs), seed, dev)
     try:

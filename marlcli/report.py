@@ -22,16 +22,19 @@ a seed whose metrics hold no evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from marlcli.errors import MarlError
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed: the same results give the same CI every time
@@ -111,6 +114,25 @@ def find_seed_dirs(path: Path) -> list[Path]:
     return sorted(p.parent for p in path.rglob("metrics.jsonl") if not SKIP_DIRS & set(p.relative_to(path).parts))
 
 
+class ReportError(MarlError):
+    """A results file ``marl report`` cannot read (a corrupt ``config.yaml``, ``metrics.jsonl`` or ``eval.json``)."""
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """A results file that is there but cannot be read or holds the wrong types: one :class:`ReportError` line.
+
+    Silently dropping it would change the report's figures (a seed left out of the mean)
+    without saying so; the error names the file, so it can be repaired or removed.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - YAML, JSON, key and type errors from a damaged or foreign file
+        from marlcli.results import describe
+
+        raise ReportError(f"cannot read {path}: {describe(exc)}; repair or remove it") from None
+
+
 def load_seed(sdir: Path) -> SeedResult:
     from omegaconf import OmegaConf
 
@@ -121,16 +143,28 @@ def load_seed(sdir: Path) -> SeedResult:
     env, algo, run = parts[-5 if nested else -4], parts[-4 if nested else -3], parts[-3 if nested else -2]
     variant, seed, suite = parts[-2] if nested else "", parts[-1].removeprefix("seed_"), ""
     if (sdir / "config.yaml").is_file():
-        cfg = OmegaConf.load(sdir / "config.yaml")
-        env, algo, run, seed = str(cfg.env.name), str(cfg.algo.name), str(cfg.run), str(cfg.seed)
-        variant = str(cfg.get("variant") or "")
-        suite = str(cfg.env.get("factory") or "").split(".", 1)[0].split(":", 1)[0]
+        with reading(sdir / "config.yaml"):
+            cfg = OmegaConf.load(sdir / "config.yaml")
+            env, algo, run, seed = str(cfg.env.name), str(cfg.algo.name), str(cfg.run), str(cfg.seed)
+            variant = str(cfg.get("variant") or "")
+            suite = str(cfg.env.get("factory") or "").split(".", 1)[0].split(":", 1)[0]
     res = SeedResult(env, algo, run, int(seed) if seed.lstrip("-").isdigit() else 0, sdir, variant=variant,
                      suite=suite or env, done=(sdir / DONE_FILE).exists())
     try:
         lines = read_metrics(sdir / "metrics.jsonl")
     except (json.JSONDecodeError, OSError):
         lines = []
+    with reading(sdir / "metrics.jsonl"):
+        _add_metrics(res, lines)
+    if res.eval_returns:
+        res.final_return = res.eval_returns[-1]
+    elif (sdir / "eval.json").is_file():
+        with reading(sdir / "eval.json"):
+            res.final_return = float(json.loads((sdir / "eval.json").read_text())["return_mean"])
+    return res
+
+
+def _add_metrics(res: SeedResult, lines: list[dict[str, Any]]) -> None:
     for ln in lines:
         res.env_steps = max(res.env_steps, int(ln.get("step", 0)))
         res.wall_s = max(res.wall_s, float(ln.get("time_s", 0.0)))
@@ -142,11 +176,6 @@ def load_seed(sdir: Path) -> SeedResult:
                     res.role_returns.setdefault(k.removeprefix("eval/return_role/"), []).append(float(v))
             res.final_stats = {k[5:]: float(v) for k, v in ln.items() if k.startswith("eval/") and v is not None
                                and k[5:] not in NOT_STATS and not k.startswith(("eval/return/", "eval/return_role/"))}
-    if res.eval_returns:
-        res.final_return = res.eval_returns[-1]
-    elif (sdir / "eval.json").is_file():
-        res.final_return = float(json.loads((sdir / "eval.json").read_text())["return_mean"])
-    return res
 
 
 Key = tuple[str, str, str, str]  # env, algo, run, variant
@@ -358,16 +387,23 @@ def marl_eval_data(seeds: list[SeedResult]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- CLI
 def report_main(args: list[str]) -> int:
-    from marlcli.cliutil import fail, parse_kv
+    """``marl report PATH... [out=DIR] [--format marl-eval]``: any bad input or unwritable out=DIR is one line, exit 2."""
+    from marlcli.cliutil import fail, parse_kv, suggest
 
     fmt = None
     rest: list[str] = []
     it = iter(args)
     for a in it:
         if a == "--format":
-            fmt = next(it, None)
+            fmt = next(it, "")
+            if not fmt or fmt.startswith("-"):
+                return fail("report", "--format needs a value: --format marl-eval")
         elif a.startswith("--format="):
             fmt = a.split("=", 1)[1]
+        elif a.startswith("-") and not Path(a).exists():
+            flag = a.split("=", 1)[0]
+            return fail("report", f"unknown flag '{flag}'{suggest(flag, ['--format'])}; the one flag is --format marl-eval "
+                                  "(and out=DIR)")
         else:
             rest.append(a)
     if fmt is not None and fmt != "marl-eval":
@@ -376,7 +412,15 @@ def report_main(args: list[str]) -> int:
         parsed = parse_kv(rest, {"out": ""})
     except ValueError as exc:
         return fail("report", str(exc))
-    paths, opts = parsed.paths, parsed.opts
+    try:
+        return _report(parsed.paths, parsed.opts, fmt)
+    except MarlError as exc:
+        return fail("report", str(exc))
+
+
+def _report(paths: list[str], opts: dict[str, Any], fmt: str | None) -> int:
+    from marlcli.cliutil import fail, os_error
+
     if not paths:
         return fail("report", "give at least one PATH (a run dir, or a dir holding many)")
     seed_dirs: list[Path] = []
@@ -391,17 +435,22 @@ def report_main(args: list[str]) -> int:
     groups = group(seeds)
     rows = summary_rows(groups)
     out = Path(opts["out"]) if opts["out"] else Path(paths[0])
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        return fail("report", f"out={out} is a file, not a directory; choose out=DIR")
     print_table(rows)
-    write_markdown(rows, out / "report.md")
-    write_csv(rows, out / "report.csv")
-    plot_curves(groups, out / "curves.png")
-    written = ["report.md", "report.csv", "curves.png"]
     from marlcli.payoff import write_all  # self-play runs: the payoff matrix of their snapshots
 
-    written += write_all(list(dict.fromkeys(seed_dirs)), out)
-    if fmt == "marl-eval":
-        (out / "marl_eval.json").write_text(json.dumps(marl_eval_data(seeds), indent=1) + "\n")
-        written.append("marl_eval.json")
+    try:  # out=DIR read-only, full, or a file in its way: one line naming it
+        out.mkdir(parents=True, exist_ok=True)
+        write_markdown(rows, out / "report.md")
+        write_csv(rows, out / "report.csv")
+        plot_curves(groups, out / "curves.png")
+        written = ["report.md", "report.csv", "curves.png"]
+        written += write_all(list(dict.fromkeys(seed_dirs)), out)
+        if fmt == "marl-eval":
+            (out / "marl_eval.json").write_text(json.dumps(marl_eval_data(seeds), indent=1) + "\n")
+            written.append("marl_eval.json")
+    except OSError as exc:
+        return fail("report", os_error(out, exc))
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0

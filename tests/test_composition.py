@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 from conftest import train_killed_after
+from omegaconf import DictConfig
 
 from marlcli import results
 from marlcli.errors import MarlError
@@ -87,7 +88,7 @@ ALGO_OVERRIDES: dict[str, list[str]] = {
     "ippo": ["algo.epochs=1", "algo.minibatches=1"],
     "coma": ["algo.critic_epochs=1", "algo.actor_epochs=1"],
     "maddpg": ["algo.learning_starts=10", "algo.batch_size=8", "algo.updates_per_rollout=1", "algo.buffer_size=200"],
-    **{q: ["algo.learning_starts=1", "algo.batch_episodes=2", "algo.buffer_episodes=8", "algo.eps_anneal_steps=20",
+    **{q: ["algo.learning_starts=1", "algo.batch_episodes=2", "algo.replay_ratio=1", "algo.buffer_episodes=8", "algo.eps_anneal_steps=20",
            "algo.mixer_embed=4", "algo.hypernet_hidden=8"] for q in Q_FAMILY},
 }
 
@@ -213,8 +214,9 @@ def row_id(row: dict[str, str]) -> str:
 
 
 # ----------------------------------------------------------------------------- one combination, end to end
-def refusal(extra: list[str]) -> str | None:
-    """What ``marl train`` says before anything runs: None (accepted) or its one error line."""
+def refusal(extra: list[str]) -> tuple[str | None, DictConfig | None]:
+    """What ``marl train`` says before anything runs: ``(None, the config)`` when accepted, else ``(its one error
+    line, None)``."""
     from marlcli.cli import validate_overrides
     from marlcli.config import compose
     from marlcli.trainer import validate
@@ -222,12 +224,12 @@ def refusal(extra: list[str]) -> str | None:
     try:
         cfg = compose(extra)
     except Exception:  # noqa: BLE001  composition refused (an unknown key): what marl train prints for it
-        return validate_overrides(extra) or "composition failed, but marl train's validation accepted it"
+        return validate_overrides(extra) or "composition failed, but marl train's validation accepted it", None
     try:
         validate(cfg)
     except MarlError as exc:
-        return str(exc)
-    return None
+        return str(exc), None
+    return None, cfg
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
@@ -240,15 +242,13 @@ def _cli(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def run_through(row: dict[str, str], root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """train -> killed after a checkpoint -> resume -> marl eval -> marl export -> marl report, or an assertion."""
+def run_through(row: dict[str, str], cfg: DictConfig, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train ``cfg`` -> killed after a checkpoint -> resume -> marl eval -> marl export -> marl report, or an assertion."""
     from marlcli.config import compose
     from marlcli.trainer import train
 
-    extra = [f"results_dir={root}", f"run={row_id(row)}", *TINY, *overrides(row)]
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        cfg = compose([*extra, f"train.total_steps={FIRST_TOTAL}", f"train.checkpoint_interval={KILL_AT // 2}"])
         seed_dir = train_killed_after(cfg, KILL_AT, monkeypatch)
         assert not (seed_dir / results.DONE_FILE).exists()
         resumed = train(compose([f"resume={seed_dir}", f"train.total_steps={RESUMED_TOTAL}", "logger.progress=false"]))
@@ -263,15 +263,20 @@ def run_through(row: dict[str, str], root: Path, monkeypatch: pytest.MonkeyPatch
         assert (seed_dir / "export" / "manifest.json").exists()
     else:  # a communicating actor has no one-file-per-agent export: refused with one line
         assert code == 2 and len(err.strip().splitlines()) == 1 and "communicating actor" in err, err
+    from marlcli import payoff
+
+    real = payoff.payoff_matrix  # self-play runs: the snapshots' payoff matrix on 4 episodes a cell, not 200
+    monkeypatch.setattr(payoff, "payoff_matrix", lambda sdir, episodes=4: real(sdir, episodes))
     code, err = _cli(["report", str(seed_dir.parent), f"out={root / 'report'}"])
     assert code == 0, f"marl report: {err}"
 
 
 def check(row: dict[str, str], root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One combination: refused as the rules say, or accepted and run through."""
-    extra = [f"results_dir={root}", "run=check", *TINY, *overrides(row)]
+    extra = [f"results_dir={root}", f"run={row_id(row)}", *TINY, f"train.total_steps={FIRST_TOTAL}",
+             f"train.checkpoint_interval={KILL_AT // 2}", *overrides(row)]
     rules = fired(row)
-    err = refusal(extra)
+    err, cfg = refusal(extra)
     if rules:
         assert err is not None, f"{row_id(row)} ran although {rules[0].where} should refuse it: {rules[0].why}"
         assert len(err.splitlines()) == 1, f"not one line: {err!r}"
@@ -279,7 +284,7 @@ def check(row: dict[str, str], root: Path, monkeypatch: pytest.MonkeyPatch) -> N
         return
     assert err is None, f"{row_id(row)} refused, but no rule says so: {err}"
     try:
-        run_through(row, root, monkeypatch)
+        run_through(row, cfg, root, monkeypatch)
     except AssertionError:
         raise
     except Exception as exc:  # a crash: the overrides and the traceback's last lines

@@ -94,8 +94,8 @@ def jacobian_support(actor: torch.nn.Module, obs: torch.Tensor, avail: torch.Ten
     return torch.stack(rows, 1)
 
 
-# (env overrides, spec rename): spread is cooperative (one role); tag and adversary have competing
-# roles; "spread_teams" is spread's observation (with positions and entities) read as two teams, so
+# (env overrides, spec rename): spread is cooperative (one team); tag and adversary have competing
+# sides; "spread_teams" is spread's observation (with positions and entities) read as two teams, so
 # that the range graphs also meet teams
 ENVS = {
     "spread": (["env=spread", "env.N=4"], None),
@@ -130,7 +130,7 @@ def test_information_flow_stays_within_a_team(env_name: str, actor_type: str, co
         cfg = copy.deepcopy(base_config(env_name, algo))  # composing is the slow part: once per env and family
         cfg.actor.type, cfg.comm.type, cfg.comm.neighbors = actor_type, comm, neighbors
         env = make_env(cfg.env, 3, 0, torch.device("cpu"))
-        spec = env.spec if rename is None else replace(env.spec, agents=rename)
+        spec = env.spec if rename is None else replace(env.spec, agents=rename, teams=[0, 0, 1, 1])
         torch.manual_seed(0)
         actor = load_family(cfg.algo).make_actor(spec, cfg)
         ts = env.reset()
@@ -286,3 +286,35 @@ def test_asymmetric_self_play_and_role_cross_play_with_a_channel(tmp_path, capsy
     assert set(rows) == {"adversary", "agent"}
     capsys.readouterr()
     assert main(["eval", str(a), "episodes=8"]) == 0
+
+
+@pytest.mark.parametrize("factory,teams", [
+    ("mpe2.simple_speaker_listener_v4:parallel_env", []),  # cooperative although it has two roles
+    ("mpe2.simple_reference_v3:parallel_env", []),
+    ("mpe2.simple_tag_v3:parallel_env", [0, 0, 0, 1]),
+    ("mpe2.simple_world_comm_v3:parallel_env", [0, 0, 0, 0, 1, 1]),  # the lead adversary hunts with the adversaries
+    ("mpe2.simple_crypto_v3:parallel_env", [0, 1, 1]),  # eve against alice and bob
+    ("marlcli.envs.matrix:prisoners", [0, 1]),
+    ("marlcli.envs.matrix:coordination", []),
+])
+def test_sides_of_the_games(factory: str, teams: list[int]) -> None:
+    """Who may message whom is who plays with whom, not the role names: speaker and listener are one team."""
+    cfg = make_cfg("env=pettingzoo", f"env.factory={factory}")
+    env = make_env(cfg.env, 1, 0, torch.device("cpu"))
+    assert env.spec.teams == teams, env.spec.agents
+    env.close()
+
+
+def test_speaker_listener_keeps_its_channel() -> None:
+    """The listener's decision depends on the speaker's observation through the channel (the speaker and the
+    listener are two roles of one cooperative team; a role-based mask would cut the only useful link)."""
+    cfg = make_cfg("env=pettingzoo", "env.factory=mpe2.simple_speaker_listener_v4:parallel_env", "algo=mappo",
+                   "comm=commnet", "sharing=role")
+    env = make_env(cfg.env, 3, 0, torch.device("cpu"))
+    torch.manual_seed(0)
+    actor = load_family(cfg.algo).make_actor(env.spec, cfg)
+    ts = env.reset()
+    support = jacobian_support(actor, ts.obs + 0.3 * torch.randn_like(ts.obs), ts.avail)
+    speaker, listener = env.spec.agents.index("speaker_0"), env.spec.agents.index("listener_0")
+    assert float(support[:, listener, speaker].min()) > 0.0
+    env.close()

@@ -41,25 +41,19 @@ def check_compatible(module: ModuleType, spec: EnvSpec, cfg: DictConfig) -> None
                           "set env.continuous_actions=false or pick another algo")
 
 
-# matrix games whose two players are opponents although they share one role (one team to the channel)
-RIVALS_OF_ONE_ROLE = ("prisoners", "rps")
-
-
 def check_channel(spec: EnvSpec, cfg: DictConfig) -> None:
-    """Refuse a message channel where it would join opponents (issue 25).
+    """Refuse a message channel that no agent could use (issue 25).
 
-    The channel joins the agents of one role (``marlcli.nets.comm.same_team``), so on tag and
-    adversary each side talks only to itself, and asymmetric or mirrored self-play stays exact
-    (every actor computes the messages of the agents it plays). On prisoners and rps both players
-    have the role ``player`` but play against each other: a channel would carry one player's loss
-    into the other's sender.
+    The channel joins teammates only (``EnvSpec.team_index``, ``marlcli.nets.comm.same_team``), so
+    on tag and adversary each side talks only to itself, and asymmetric or mirrored self-play stays
+    exact (every actor computes the messages of the agents it plays). Where every agent is a side
+    of its own (prisoners, rps: two opponents of one role) nobody has a teammate to hear, and the
+    channel would be dead weight that still looks like communication in the results.
     """
     comm = cfg.get("comm", None)
     if comm is None or str(comm.get("type", "none")) == "none":
         return
-    env = cfg.get("env", {})
-    game = str(env.get("factory", "")).rpartition(":")[2] if str(env.get("factory", "")).startswith(
-        "marlcli.envs.matrix:") else (str(env.get("name", "")) if env.get("backend") == "native" else "")
-    if game in RIVALS_OF_ONE_ROLE:
-        raise ConfigError(f"comm={comm.type} on env={spec.name}: its players are opponents of one role, so a "
-                          f"channel would let one player's loss train the other's messages; use comm=none")
+    team = spec.team_index
+    if spec.teams and all(team.count(k) == 1 for k in team):
+        raise ConfigError(f"comm={comm.type} on env={spec.name}: its players are opponents of one role (each "
+                          "agent is a side of its own), so nobody has a teammate to message; use comm=none")

@@ -91,6 +91,9 @@ class EnvSpec:
     position: list[int] = field(default_factory=list)
     # competitive games: who won an episode (None = the role with the higher mean return)
     outcome: Outcome | None = None
+    # who plays with whom: a team index per agent ([] = one team of every agent, a cooperative
+    # game at any N). A message channel joins teammates only (``marlcli.nets.comm.same_team``).
+    teams: list[int] = field(default_factory=list)
 
     @property
     def n_agents(self) -> int:
@@ -114,6 +117,11 @@ class EnvSpec:
         """For each agent, the index of its group in ``roles``."""
         roles = self.roles
         return [roles.index(role_of(a)) for a in self.agents]
+
+    @property
+    def team_index(self) -> list[int]:
+        """For each agent, its team (``teams``, or 0 for all when the game is cooperative)."""
+        return list(self.teams) if self.teams else [0] * self.n_agents
 
     def bounds(self) -> tuple[Tensor, Tensor]:
         """Continuous action bounds ``low, high`` as ``[N, A]`` tensors (padded dims: 0, 0)."""

@@ -28,6 +28,7 @@ from pettingzoo import ParallelEnv
 from torch import Tensor
 
 from marlcli.envs.base import EnvSpec, TimeStep, empty_step
+from marlcli.envs.outcome import teams_of
 from marlcli.errors import ConfigError
 
 
@@ -152,6 +153,7 @@ class MatrixVecEnv:
         self.obs_dim = n0 * n1 if self.observe_last else 1
         self.num_envs, self.device, self.dtype = num_envs, torch.device(device), dtype
         self.spec = EnvSpec(name, agents, [self.obs_dim] * 2, [n0, n1], True, 2 * self.obs_dim, self.max_cycles)
+        self.spec.teams = teams_of(name, agents)  # prisoners, rps: two opponents; coordination: one team
         self.t = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.last = torch.full((num_envs,), -1, dtype=torch.long, device=self.device)
 

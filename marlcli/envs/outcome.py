@@ -16,11 +16,44 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from marlcli.envs.base import EnvSpec, Outcome
+import re
+
+from marlcli.envs.base import EnvSpec, Outcome, role_of
 
 OUTCOMES: dict[str, Outcome] = {
     "tag": Outcome(stat="catches", winner="adversary", threshold=1.0),
 }
+
+# Competitive games and their sides (issue 25: a message channel must never join opponents).
+# "roles": each role is a side; "seats": each agent is a side (two players of one role); a dict
+# maps roles onto sides (world_comm's lead adversary hunts with the adversaries). A game not
+# listed here is cooperative: one team, whatever its roles (speaker_listener, reference, spread).
+SIDES: dict[str, str | dict[str, str]] = {
+    "tag": "roles", "simple_tag": "roles", "adversary": "roles", "simple_adversary": "roles",
+    "simple_push": "roles", "simple_world_comm": {"leadadversary": "adversary"},
+    "simple_crypto": {"alice": "alicebob", "bob": "alicebob"}, "prisoners": "seats", "rps": "seats",
+}
+
+
+def game_of(factory: str) -> str:
+    """The game a PettingZoo factory makes: ``mpe2.simple_tag_v3:parallel_env`` -> ``simple_tag``,
+    ``marlcli.envs.matrix:rps`` -> ``rps``."""
+    module, _, attr = factory.partition(":")
+    if module.startswith("marlcli."):
+        return attr
+    return re.sub(r"_v[0-9]+$", "", module.rpartition(".")[2])
+
+
+def teams_of(game: str, agents: list[str]) -> list[int]:
+    """``EnvSpec.teams`` for ``game``: a side index per agent, or ``[]`` for a cooperative game."""
+    rule = SIDES.get(game)
+    if rule is None:
+        return []
+    if rule == "seats":
+        return list(range(len(agents)))
+    side = [rule.get(role_of(a), role_of(a)) if isinstance(rule, dict) else role_of(a) for a in agents]
+    order = list(dict.fromkeys(side))
+    return [order.index(s) for s in side]
 
 
 def role_scores(spec: EnvSpec, returns: Tensor, stats: dict[str, Tensor]) -> Tensor:

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from marlcli.envs.base import EnvSpec, TimeStep, empty_step
-from marlcli.envs.outcome import OUTCOMES
+from marlcli.envs.outcome import OUTCOMES, game_of, teams_of
 from marlcli.errors import ConfigError
 
 
@@ -96,6 +96,7 @@ class PettingZooVecEnv:
         device: torch.device,
         name: str = "pettingzoo",
         max_cycles: int = 25,
+        factory_spec: str = "",
     ) -> None:
         from gymnasium import spaces
 
@@ -144,6 +145,7 @@ class PettingZooVecEnv:
                             lows, highs, dict(_STATS.get(name, ({}, None))[0]))
         self._stats_fn = _STATS.get(name, ({}, None))[1]
         self.spec.outcome = OUTCOMES.get(name)
+        self.spec.teams = teams_of(game_of(factory_spec), agents) if factory_spec else []
         self._low, self._high = (x.numpy() for x in self.spec.bounds())
         self._static = self.spec.action_mask().numpy()  # [N, A] the actions each agent really has
         n, b = len(agents), num_envs
@@ -159,7 +161,8 @@ class PettingZooVecEnv:
         factory = load_factory(str(cfg.factory))
         kw = cfg.get("kwargs")
         kwargs = OmegaConf.to_container(kw, resolve=True) if isinstance(kw, DictConfig) else dict(kw or {})
-        return cls(factory, dict(kwargs), num_envs, seed, device, str(cfg.name), int(cfg.get("max_cycles") or 25))
+        return cls(factory, dict(kwargs), num_envs, seed, device, str(cfg.name), int(cfg.get("max_cycles") or 25),
+                   str(cfg.factory))
 
     def _episode_seed(self, b: int) -> int:
         return int(np.random.SeedSequence([self.seed, b, int(self.episodes[b])]).generate_state(1)[0])

@@ -28,7 +28,8 @@ def sub_spec(spec: EnvSpec, idx: list[int]) -> EnvSpec:
     """The spec of agents ``idx`` alone (global state unchanged)."""
     pick = lambda v: [v[i] for i in idx] if isinstance(v, (list, tuple)) else v  # noqa: E731
     return replace(spec, agents=pick(spec.agents), obs_dims=pick(spec.obs_dims), act_dims=pick(spec.act_dims),
-                   act_low=pick(spec.act_low), act_high=pick(spec.act_high), stats=dict(spec.stats))
+                   act_low=pick(spec.act_low), act_high=pick(spec.act_high), stats=dict(spec.stats),
+                   teams=pick(spec.teams) if spec.teams else [])
 
 
 class OpponentBank:

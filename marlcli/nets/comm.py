@@ -90,15 +90,16 @@ def check(comm: Any, spec: EnvSpec) -> None:
 
 
 def same_team(spec: EnvSpec, n: int, device: torch.device) -> Tensor:
-    """``[N, N]`` booleans: agents i and j share a team (a role of ``spec``), never an agent with itself.
+    """``[N, N]`` booleans: agents i and j are on one side (``EnvSpec.team_index``), never an agent with itself.
 
-    One role (spread, reference): everybody, at any N (a shared actor runs at other team sizes).
+    A cooperative game (no ``teams`` declared: spread, reference, speaker_listener) is one team at
+    any N, so a shared actor runs at other team sizes; competitive games declare their sides
+    (tag: predators and prey; prisoners, rps: each player alone; ``marlcli.envs.outcome.SIDES``).
     """
     eye = torch.eye(n, dtype=torch.bool, device=device)
-    role = spec.role_index
-    if len(set(role)) <= 1:
+    if not spec.teams:
         return ~eye
-    team = torch.tensor(role, device=device)
+    team = torch.tensor(spec.team_index, device=device)
     return (team[:, None] == team[None, :]) & ~eye
 
 

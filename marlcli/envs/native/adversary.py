@@ -49,6 +49,7 @@ class Adversary:
             act_high=1.0,
             stats={"adversary_goal_dist": "last", "good_goal_dist": "last"},
         )
+        self.spec.teams = self.spec.role_index  # the adversary vs the good agents: two sides
         self.bodies = Bodies(n_agents=n, sizes=[0.15] * n + [0.08] * nl, collide=[False] * (n + nl))
         self.gather = g
         self.index = build_index(rows, self.spec.obs_dim, g.zero, device)

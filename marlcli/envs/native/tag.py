@@ -55,6 +55,7 @@ class Tag:
             # (returns are not zero-sum: the prey also pays for leaving the square)
             outcome=OUTCOMES["tag"],
         )
+        self.spec.teams = self.spec.role_index  # predators vs prey: two sides
         self.bodies = Bodies(
             n_agents=n,
             sizes=[0.075] * na + [0.05] * ng + [0.2] * nl,

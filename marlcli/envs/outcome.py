@@ -13,10 +13,10 @@ role's (a tie with the best is a draw, 0.5): the rule mirrored self-play has alw
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor
-
-import re
 
 from marlcli.envs.base import EnvSpec, Outcome, role_of
 

@@ -52,7 +52,7 @@ bench: $(STAMP) ## env throughput + time-to-return benchmarks -> results/bench/
 	$(BIN)/python -m marlcli.bench $(ARGS)
 
 bench-dist: $(STAMP) ## data-parallel throughput: 1 process x 2 threads vs 2 processes x 1 thread -> docs/bench_dist.json
-	$(BIN)/python -m marlcli.bench_dist $(ARGS)
+	$(BIN)/python -m marlcli.bench.dist $(ARGS)
 
 clean: ## remove caches and build outputs (keeps results/ and .venv)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -233,8 +233,8 @@ def hydra_task(cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from marlcli.distributed.launch import train_or_launch as train
     from marlcli.errors import MarlError
-    from marlcli.trainer import train
 
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         from marlcli.sweep import run_job
@@ -278,8 +278,8 @@ def eval_main(args: list[str]) -> int:
 
         target = Path(parsed.paths[0])
         vs = parsed.opts.pop("vs")
-        if vs:  # cross-play: each side through its own run's actor (marlcli/crossplay.py)
-            from marlcli.crossplay import evaluate_vs
+        if vs:  # cross-play: each side through its own run's actor (marlcli/selfplay/crossplay.py)
+            from marlcli.selfplay.crossplay import evaluate_vs
 
             if parsed.overrides:  # evaluate_vs plays both runs where they were trained: never ignore an option
                 return fail("eval", f"vs= (cross-play) takes no env./comm. options ({parsed.overrides[0]}): both runs "
@@ -495,7 +495,7 @@ def entry() -> None:
     try:
         code = main()
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:  # a rank of torchrun / Slurm
-            from marlcli.distributed import quick_exit
+            from marlcli.distributed.collectives import quick_exit
 
             quick_exit(code)  # no exit-time destructors: gloo's threads could std::terminate there
         sys.exit(code)

@@ -94,7 +94,7 @@ class CommConfig:
 
 @dataclass
 class SelfPlayConfig:
-    mode: str = "none"  # none | latest | pool (see marlcli/selfplay.py)
+    mode: str = "none"  # none | latest | pool (see marlcli/selfplay/session.py)
     learn: list[str] = field(default_factory=list)  # learning agents or roles; [] = first agent / first role
     snapshot_interval: int = 20_000  # env steps between snapshots of the learner's actor
     pool_size: int = 20  # window: opponents are drawn from the newest pool_size snapshots

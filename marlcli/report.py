@@ -438,7 +438,7 @@ def _report(paths: list[str], opts: dict[str, Any], fmt: str | None) -> int:
     if out.exists() and not out.is_dir():
         return fail("report", f"out={out} is a file, not a directory; choose out=DIR")
     print_table(rows)
-    from marlcli.payoff import write_all  # self-play runs: the payoff matrix of their snapshots
+    from marlcli.selfplay.payoff import write_all  # self-play runs: the payoff matrix of their snapshots
 
     try:  # out=DIR read-only, full, or a file in its way: one line naming it
         out.mkdir(parents=True, exist_ok=True)

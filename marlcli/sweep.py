@@ -188,7 +188,7 @@ def _stop_line(exc: BaseException, out: Path) -> str:
 def _run_here(cfg: DictConfig, job_num: int, threads: int) -> str | None:
     import torch
 
-    from marlcli.trainer import train
+    from marlcli.distributed.launch import train_or_launch as train
 
     torch.set_num_threads(threads)
     os.environ["MARL_JOB_NUM"] = str(job_num)
@@ -266,7 +266,8 @@ def _child_main(job_dir: Path) -> int:
     """``python -m marlcli.sweep JOB_DIR``: train the job's config; one error line on failure."""
     import torch
 
-    from marlcli.trainer import Stopped, train
+    from marlcli.distributed.launch import train_or_launch as train
+    from marlcli.trainer import Stopped
 
     torch.set_num_threads(int(os.environ.get("MARL_THREADS", "1")))
     cfg = OmegaConf.load(job_dir / JOB_CONFIG)

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from marlcli import distributed, results, selfplay
+from marlcli import results, selfplay
 from marlcli.algos import check_compatible, load_family
 from marlcli.algos.base import Algorithm
 from marlcli.buffers import Rollout
 from marlcli.compat import check_pairings
+from marlcli.distributed import collectives as distributed
 from marlcli.envs import make_env
 from marlcli.envs.base import TimeStep, VecEnv
 from marlcli.errors import CheckpointError, ConfigError, TrainingError
@@ -277,8 +278,6 @@ def train(cfg: DictConfig, given: list[str] | None = None) -> Path:
 
 
 def _train(cfg: DictConfig, stop: StopRequest, given: list[str] | None) -> Path:
-    if distributed.should_launch(cfg):  # dist.nproc_per_node=K: start K ranks, each runs train(cfg)
-        return distributed.launch(cfg)
     distributed.setup(cfg)  # a rank (of launch, torchrun or Slurm) joins its process group
     main = distributed.is_main()  # rank 0 alone writes the results tree, evaluates and checkpoints
     cfg, payload = prepare(cfg, given)

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from marlcli import results
 from marlcli.algos import load_family
-from marlcli.envs.asymmetric import SCORE_STAT, RoleSelfPlayVecEnv
 from marlcli.envs.base import EnvSpec
 from marlcli.envs.native.tag import TagEnv
 from marlcli.envs.outcome import role_scores
-from marlcli.envs.selfplay import OpponentBank
+from marlcli.selfplay.mirrored import OpponentBank
+from marlcli.selfplay.roles import SCORE_STAT, RoleSelfPlayVecEnv
 from marlcli.trainer import train
 
 
@@ -151,7 +151,7 @@ def test_asymmetric_pool_bookkeeping(tmp_path: Path) -> None:
     assert evals and all(0.0 <= r["eval/selfplay_score"] <= 1.0 and "eval/win_rate/adversary" in r for r in evals)
     assert all(np.isfinite(m["elo_fit"]) for m in table["members"]) and table["members"][0]["elo_fit"] == 1000.0
     # marl report: the snapshots' payoff matrix by the outcome rule, with the Elo fitted to it
-    from marlcli.payoff import write_payoff
+    from marlcli.selfplay.payoff import write_payoff
 
     assert write_payoff(out, tmp_path) == ["payoff_t_seed0.md", "payoff_t_seed0.png"]
     assert "Elo fitted to this matrix" in (tmp_path / "payoff_t_seed0.md").read_text()
@@ -172,8 +172,8 @@ def test_asymmetric_resume_is_bit_for_bit(tmp_path: Path) -> None:
 
 
 def test_crossplay_predators_of_a_vs_prey_of_b(tmp_path: Path) -> None:
-    from marlcli.crossplay import SideBySide, evaluate_vs
     from marlcli.evaluate import run_episodes
+    from marlcli.selfplay.crossplay import SideBySide, evaluate_vs
     from marlcli.trainer import env_for_eval
 
     a = train(make_cfg(*tag_overrides(tmp_path, "mappo", *FAMILY["mappo"], "run=a", "train.total_steps=160")))

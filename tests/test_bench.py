@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from marlcli import bench, bench_oracle
+from marlcli.bench import main as bench
+from marlcli.bench import oracle as bench_oracle
 
 
 def _evals(*points: tuple[float, float]) -> list[dict]:
@@ -170,7 +171,7 @@ def test_oracle_return_far_above_standing_still() -> None:
 
 def test_channel_cost_section(monkeypatch) -> None:
     """The comm section times the three channels the same way and renders its table."""
-    from marlcli import bench_swarm
+    from marlcli.bench import swarm as bench_swarm
 
     monkeypatch.setattr(bench_swarm, "swarm_scaling", lambda ns, variants: {"us_per_env_step": {
         c: {str(ns[0]): 10.0 * (i + 1)} for i, c in enumerate(variants)}})

@@ -25,7 +25,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import make_cfg, strip_time
 
-from marlcli import distributed, results
+from marlcli import results
+from marlcli.distributed import collectives as distributed
+from marlcli.distributed.launch import train_or_launch
 from marlcli.envs import make_env
 from marlcli.errors import TrainingError
 from marlcli.trainer import train
@@ -301,7 +303,7 @@ def test_the_killed_rank_is_named_whatever_the_others_died_of() -> None:
     """Peers of a killed rank fail in the same monitor tick (code 2, SIGABRT, SIGTERM): name the killed one."""
     from types import SimpleNamespace
 
-    from marlcli.distributed import _root_cause
+    from marlcli.distributed.launch import _root_cause
 
     def failures(**codes: int) -> SimpleNamespace:
         return SimpleNamespace(failures={int(r[1:]): SimpleNamespace(exitcode=c, timestamp=7) for r, c in codes.items()})
@@ -316,4 +318,4 @@ def test_env_copies_must_split_over_the_ranks(tmp_path: Path) -> None:
     from marlcli.errors import ConfigError
 
     with pytest.raises(ConfigError, match="env.num_envs=3 does not split over dist.nproc_per_node=2"):
-        train(make_cfg(f"results_dir={tmp_path}", *BASE, "algo=mappo", "env.num_envs=3", "dist.nproc_per_node=2"))
+        train_or_launch(make_cfg(f"results_dir={tmp_path}", *BASE, "algo=mappo", "env.num_envs=3", "dist.nproc_per_node=2"))

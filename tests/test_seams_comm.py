@@ -25,10 +25,10 @@ import torch
 from omegaconf import DictConfig
 
 from marlcli.algos import check_compatible, load_family
-from marlcli.crossplay import SideBySide, evaluate_vs
 from marlcli.envs import make_env, role_of
 from marlcli.errors import ConfigError
 from marlcli.nets.comm import CommEncoder
+from marlcli.selfplay.crossplay import SideBySide, evaluate_vs
 from marlcli.trainer import train
 from tests.conftest import make_cfg
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from marlcli import exploitability as ex
 from marlcli import results, selfplay
 from marlcli.algos import load_family
 from marlcli.envs import make_env
 from marlcli.envs.matrix import GAMES
-from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv
+from marlcli.selfplay import exploitability as ex
+from marlcli.selfplay.mirrored import OpponentBank, SelfPlayVecEnv
 from marlcli.trainer import train
 from tests.conftest import make_cfg, strip_time
 
@@ -159,7 +159,7 @@ def test_eval_and_export_of_a_latest_run_play_the_latest_snapshot(tmp_path: Path
 def test_eval_opponents_are_what_training_draws() -> None:
     """``latest``: the newest member alone, even with a pinned ``selfplay.init`` member in the
     window (training's latest_prob=1 never draws it); ``pool``: the window."""
-    from marlcli.league import League
+    from marlcli.selfplay.league import League
 
     sp = OmegaConf.create({"mode": "latest", "pool_size": 20, "latest_prob": 0.0, "pfsp": False, "pfsp_power": 1.0,
                            "elo_k": 16.0})

@@ -23,8 +23,8 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from marlcli import distributed
 from marlcli.buffers import Rollout
+from marlcli.distributed import collectives as distributed
 from marlcli.envs.pettingzoo import PettingZooVecEnv
 from marlcli.envs.testbed import ID_SCALE, parallel_env
 from marlcli.errors import ConfigError

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from marlcli import exploitability as ex
 from marlcli import results
 from marlcli.envs.matrix import MatrixVecEnv, prisoners_payoff, rps_payoff
-from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv
 from marlcli.errors import ConfigError
-from marlcli.league import League, fit_elo
+from marlcli.selfplay import exploitability as ex
+from marlcli.selfplay.league import League, fit_elo
+from marlcli.selfplay.mirrored import OpponentBank, SelfPlayVecEnv
 from marlcli.trainer import train, validate
 from tests.conftest import make_cfg, strip_time
 
@@ -218,7 +218,7 @@ def test_resume_keeps_pool_and_elo_bit_for_bit(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- cross-play
 def test_side_by_side_uses_each_sides_own_actor() -> None:
-    from marlcli.crossplay import SideBySide
+    from marlcli.selfplay.crossplay import SideBySide
 
     rock, scissors = Fixed(), Fixed()
     scissors.w.fill_(2)
@@ -228,7 +228,7 @@ def test_side_by_side_uses_each_sides_own_actor() -> None:
 
 
 def test_crossplay_of_two_selfplay_runs_is_zero_sum(tmp_path: Path) -> None:
-    from marlcli.crossplay import evaluate_vs
+    from marlcli.selfplay.crossplay import evaluate_vs
 
     a = train(make_cfg(*rps_overrides(tmp_path, "train.total_steps=480", "run=a", "seed=0")))
     b = train(make_cfg(*rps_overrides(tmp_path, "train.total_steps=480", "run=b", "seed=1")))
@@ -239,7 +239,7 @@ def test_crossplay_of_two_selfplay_runs_is_zero_sum(tmp_path: Path) -> None:
     assert ab[0]["return_mean"] == pytest.approx(-ba[0]["return_mean"])
     assert abs(ab[0]["return_mean"]) in (0.0, 1.0)
     # marl report on a self-play run: the snapshots' payoff matrix (members 0 and 480 here)
-    from marlcli.payoff import payoff_matrix, write_all
+    from marlcli.selfplay.payoff import payoff_matrix, write_all
 
     members, m = payoff_matrix(a, episodes=32)
     assert [d["step"] for d in members] == [0, 480] and m.shape == (2, 2) and np.isfinite(m).all()

@@ -60,7 +60,7 @@ def test_two_envs_do_not_share_a_stream() -> None:
 
 
 def test_bench_table_row() -> None:
-    from marlcli import bench
+    from marlcli.bench import main as bench
 
     row = {"native_spread": 2000.0, "vmas_simple_spread": 100.0, "vmas_navigation": 50.0}
     md = bench.markdown({"machine": "t", "vmas_throughput": {"env_steps_per_s": {"64": row}, "repeats": 3,

@@ -17,7 +17,7 @@ evaluation seed ``eval_seed`` with sampled actions:
   increasing; no drop larger than twice its standard error; Spearman's rank correlation with the
   snapshot order), and the same for the online Elo;
 * **cross-play** of the final actors: the predators of every run against the prey of every run
-  (``marlcli.crossplay.evaluate_vs``, the ``adversary`` side), the predators' win rate by tag's
+  (``marlcli.selfplay.crossplay.evaluate_vs``, the ``adversary`` side), the predators' win rate by tag's
   outcome rule (a catch in the episode) and the catches per episode;
 * **IQL** (``algo=iql``, ``selfplay=none``) on tag: the predators' catch rate at each evaluation
   during training (``eval/win_rate/adversary`` in ``metrics.jsonl``), and cross-play of IQL's final
@@ -102,7 +102,7 @@ def snapshot_curve(sdir: Path, episodes: int, seed: int) -> dict[str, list[float
     from marlcli.algos import load_family
     from marlcli.envs import make_env
     from marlcli.evaluate import run_episodes
-    from marlcli.league import load_member
+    from marlcli.selfplay.league import load_member
 
     cfg = results.checkpoint_config(results.load_checkpoint(sdir))
     env = make_env(cfg.env, episodes, seed, torch.device("cpu"))
@@ -128,7 +128,7 @@ def increasing(x: list[float]) -> bool:
 def elo_table(sdir: Path) -> dict[str, Any]:
     """A run's Elo tables: the fitted one (``elo_fit``, with each step's difference and its standard
     error) and the online one (``elo``), and whether each rises strictly in snapshot order."""
-    from marlcli.league import fit_elo
+    from marlcli.selfplay.league import fit_elo
 
     table = json.loads((sdir / "pool" / "league.json").read_text())
     members = table["members"]
@@ -151,7 +151,7 @@ def elo_table(sdir: Path) -> dict[str, Any]:
 
 def crossplay(runs: list[tuple[str, int, Path]], episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray, list]:
     """``win[i, j]``, ``catches[i, j]``: the predators of run i vs the prey of run j."""
-    from marlcli.crossplay import evaluate_vs
+    from marlcli.selfplay.crossplay import evaluate_vs
 
     n = len(runs)
     win, catches, rows = np.zeros((n, n)), np.zeros((n, n)), []
@@ -171,7 +171,7 @@ def iql_crossplay(iql: list[tuple[int, Path]], runs: list[tuple[str, int, Path]]
                   seed: int) -> dict[str, Any]:
     """IQL's final predators vs every run's prey (IQL's and MAPPO's), and every MAPPO run's predators vs
     IQL's prey: the predators' win rate per pair (``evaluate_vs`` rows ``side=adversary`` / ``agent``)."""
-    from marlcli.crossplay import evaluate_vs
+    from marlcli.selfplay.crossplay import evaluate_vs
 
     rows = []
     others = [(f"iql/{s}", d) for s, d in iql] + [(f"{v}/{s}", d) for v, s, d in runs]
@@ -253,10 +253,10 @@ def first_snapshot_roles(sdir: Path, episodes: int, seed: int) -> dict[str, floa
     the prey's mean return (``predK_preyL``)."""
     from marlcli import results
     from marlcli.algos import load_family
-    from marlcli.crossplay import SideBySide
     from marlcli.envs import make_env
     from marlcli.evaluate import run_episodes
-    from marlcli.league import load_member
+    from marlcli.selfplay.crossplay import SideBySide
+    from marlcli.selfplay.league import load_member
 
     cfg = results.checkpoint_config(results.load_checkpoint(sdir))
     env = make_env(cfg.env, episodes, seed, torch.device("cpu"))

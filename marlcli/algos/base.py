@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from marlcli import distributed
 from marlcli.buffers import Rollout
+from marlcli.distributed import collectives as distributed
 from marlcli.envs.base import TimeStep
 from marlcli.errors import ConfigError
 

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from marlcli import distributed
 from marlcli.algos.base import Capabilities, adam, optimizer_step
 from marlcli.algos.ppo import PolicyActor
 from marlcli.buffers import Rollout
+from marlcli.distributed import collectives as distributed
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.nets import AgentMLP, with_agent_id
 from marlcli.returns import gae

@@ -18,9 +18,9 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
-from marlcli import distributed
 from marlcli.algos.base import Capabilities, adam, optimizer_step, schedule_lr
 from marlcli.buffers import Rollout
+from marlcli.distributed import collectives as distributed
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.nets import AgentMLP, GroupLinear, RunningNorm, agent_groups, with_agent_id
 from marlcli.nets.actor import make_encoder, uses_agent_id

@@ -32,9 +32,9 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from marlcli import distributed
 from marlcli.algos.base import Capabilities, adam, linear, optimizer_step, schedule_lr
 from marlcli.buffers import EpisodeReplay, Rollout
+from marlcli.distributed import collectives as distributed
 from marlcli.envs.base import EnvSpec, TimeStep
 from marlcli.errors import ConfigError
 from marlcli.nets import AgentMLP, RunningNorm, agent_groups

@@ -13,7 +13,7 @@ to bootstrap). Stateless games observe a constant ``[1.0]``.
 **Seats.** Each player observes the last joint action from its own side: its own move first,
 the other's second (``seat_index``). Both seats of a mirrored game thus mean the same thing
 by the same input, which is what self-play needs: a snapshot trained in seat 0 that plays
-seat 1 (``marlcli.envs.selfplay``) reads "my last move" as its own, not the learner's, so a
+seat 1 (``marlcli.selfplay.mirrored``) reads "my last move" as its own, not the learner's, so a
 tit-for-tat snapshot retaliates. Swapping the players swaps their observations.
 """
 

@@ -16,7 +16,7 @@ that, the predators' loss back-propagated through the prey's messages into the p
 on its own members only, which also makes the joint forward exact where one actor computes
 messages for agents another actor plays: the frozen roles of asymmetric self-play (their
 messages, like their actions, come from the snapshot's own forward) and a whole role in
-cross-play. ``marlcli.crossplay`` refuses a channel when its sides are single agents of one
+cross-play. ``marlcli.selfplay.crossplay`` refuses a channel when its sides are single agents of one
 team; the matrix games whose players are opponents of one role (prisoners, rps) refuse a
 channel in ``marlcli.algos.check_compatible``.
 

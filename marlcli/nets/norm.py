@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from marlcli import distributed
+from marlcli.distributed import collectives as distributed
 
 
 class RunningNorm(nn.Module):

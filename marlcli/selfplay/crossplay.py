@@ -83,7 +83,7 @@ def _actor(payload: dict[str, Any], spec: Any, cfg: Any, dev: torch.device) -> n
 def evaluate_vs(path: Path, other: Path, episodes: int = 1000, seed: int = 0, deterministic: bool = True,
                 device: str = "cpu", envs: int = 1000) -> list[dict[str, Any]]:
     """Cross-play every checkpoint at ``path`` against ``other``'s (newest) checkpoint."""
-    from marlcli import selfplay
+    from marlcli.selfplay import session as selfplay
     from marlcli.trainer import env_for_eval, resolve_device
 
     dev = resolve_device(device)
@@ -136,7 +136,7 @@ def evaluate_vs(path: Path, other: Path, episodes: int = 1000, seed: int = 0, de
 
 def _mirrored(cfg: Any, spec: Any) -> bool:
     """A mirrored self-play run: its actor covers the learning agents only."""
-    from marlcli import selfplay
+    from marlcli.selfplay import session as selfplay
 
     return str(cfg.selfplay.mode) != "none" and selfplay.learning_roles(cfg, spec) is None
 

@@ -6,7 +6,7 @@ the **opponents**. It presents only the learning agents to the algorithm (a smal
 through frozen actors held by an ``OpponentBank``. Each env copy faces its own opponent
 (``member[b]``); copies facing the same member are batched into one forward pass. When a
 copy's episode ends, the wrapper reports the game (``on_game(ids, scores)``) and draws the
-copy's next opponent (``draw(B)``: the pool's sampling, see ``marlcli.league``).
+copy's next opponent (``draw(B)``: the pool's sampling, see ``marlcli.selfplay.league``).
 
 The opponents play through the learner's own architecture (the game is symmetric: as many
 opponent agents as learning ones, of the same sizes), opponent ``j`` in learner slot ``j``.

@@ -1,6 +1,6 @@
 """Throughput of data-parallel training (issue 21): 1 process x T threads vs K processes x T/K threads.
 
-``python -m marlcli.bench_dist`` (``make bench-dist``) trains MAPPO and VDN on spread with their
+``python -m marlcli.bench.dist`` (``make bench-dist``) trains MAPPO and VDN on spread with their
 shipped defaults for a short budget, once per layout, through ``marl train`` itself (so process
 start, rendezvous and the gradient all-reduce are all counted), and writes one JSON record per
 run: env steps/s over all ranks and learner updates/s (optimizer steps, read from the final

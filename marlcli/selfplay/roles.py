@@ -1,6 +1,6 @@
 """Self-play for games whose sides differ (tag: 3 predators vs 1 prey, other observation sizes).
 
-The mirrored wrapper (``marlcli.envs.selfplay.SelfPlayVecEnv``) hides the opponents and
+The mirrored wrapper (``marlcli.selfplay.mirrored.SelfPlayVecEnv``) hides the opponents and
 plays them through the learner's own architecture; that needs opponents shaped like the
 learners. When the roles differ, ``RoleSelfPlayVecEnv`` keeps **every** agent visible
 instead, so the learner's actor covers all roles (``sharing=role`` gives each role its own
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from marlcli.envs.base import TimeStep, VecEnv
 from marlcli.envs.outcome import role_scores
-from marlcli.envs.selfplay import OpponentBank, load_opponents_state, opponents_state
+from marlcli.selfplay.mirrored import OpponentBank, load_opponents_state, opponents_state
 
 SCORE_STAT = "selfplay_score"
 

@@ -11,10 +11,10 @@ Sections (``--sections``, comma separated; results merge into ``<out>/bench.json
   held-out set of 2,000 episodes (``final_common``, ``--eval-seed``).
 - ``common``: only that held-out evaluation, for the ``ttr`` runs already on disk.
 - ``swarm``: MAPPO training cost per env-step on swarm spread at N = 3, 10, 30, 100
-  (``marlcli/bench_swarm.py``; issue 17: linear in N with neighbour-limited observations).
+  (``marlcli/bench/swarm.py``; issue 17: linear in N with neighbour-limited observations).
 - ``comm``: the cost of a message channel (commnet, tarmac) against none at N = 10: actor forward and
-  training loop per env-step (``marlcli/bench_swarm.py``, issue 19).
-- ``oracle``: the scripted assignment controller (``marlcli/bench_oracle.py``) on the same
+  training loop per env-step (``marlcli/bench/swarm.py``, issue 19).
+- ``oracle``: the scripted assignment controller (``marlcli/bench/oracle.py``) on the same
   held-out episodes, its one parameter tuned on a separate tuning set.
 
 Held out: the defaults were tuned on training seeds 0-4 (whose training evaluations use env
@@ -158,7 +158,7 @@ def mean_ci(xs: list[float]) -> tuple[float, float]:
 
 
 def section_env(out: Path) -> dict[str, Any]:
-    from marlcli.bench_envs import env_throughput
+    from marlcli.bench.envs import env_throughput
 
     return env_throughput()
 
@@ -330,7 +330,7 @@ def markdown(bench: dict[str, Any], title: bool = True) -> str:
         lines.append("")
     oracle = bench.get("oracle")
     if oracle:
-        lines += ["## Scripted assignment controller on spread (`marlcli/bench_oracle.py`)", "",
+        lines += ["## Scripted assignment controller on spread (`marlcli/bench/oracle.py`)", "",
                   f"Coasting horizon {oracle['horizon']}, chosen on the {oracle['episodes']:,} episodes of evaluation "
                   f"seed {oracle['tune_seed']}; reported on those of evaluation seed {oracle['eval_seed']}.", "",
                   "| return_mean | ± 95% CI | landmarks covered | collisions per episode |", "|---|---|---|---|",
@@ -425,17 +425,17 @@ def main(argv: list[str] | None = None) -> int:
             print("env throughput ...")
             bench.update(section_env(out))
         if "swarm" in sections:
-            from marlcli.bench_swarm import swarm_scaling
+            from marlcli.bench.swarm import swarm_scaling
 
             print("swarm spread: training cost per env-step vs N ...")
             bench["swarm_scaling"] = swarm_scaling()
         if "comm" in sections:
-            from marlcli.bench_swarm import channel_cost
+            from marlcli.bench.swarm import channel_cost
 
             print("cost of a message channel at N = 10 ...")
             bench["channel_cost"] = channel_cost()
         if "vmas" in sections:
-            from marlcli.bench_envs import vmas_throughput
+            from marlcli.bench.envs import vmas_throughput
 
             print("VMAS vs native spread throughput ...")
             bench["vmas_throughput"] = vmas_throughput()
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             print("native vs mpe2 backend, time to -16 ...")
             bench["backends"] = section_backends(out, a.time_limit, seeds[0], a.jobs)
         if "oracle" in sections:
-            from marlcli.bench_oracle import oracle_study
+            from marlcli.bench.oracle import oracle_study
 
             print(f"scripted oracle on {COMMON_EPISODES} episodes of evaluation seed {a.eval_seed} ...")
             bench["oracle"] = oracle_study(COMMON_EPISODES, a.eval_seed)

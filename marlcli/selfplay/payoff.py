@@ -22,10 +22,10 @@ import torch
 from marlcli import results
 from marlcli.algos import load_family
 from marlcli.envs import make_env
-from marlcli.envs.asymmetric import SCORE_STAT, RoleSelfPlayVecEnv
-from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv, sub_spec
 from marlcli.evaluate import run_episodes
-from marlcli.league import fit_elo, load_member
+from marlcli.selfplay.league import fit_elo, load_member
+from marlcli.selfplay.mirrored import OpponentBank, SelfPlayVecEnv, sub_spec
+from marlcli.selfplay.roles import SCORE_STAT, RoleSelfPlayVecEnv
 
 MAX_SNAPSHOTS = 8
 EPISODES = 200
@@ -43,7 +43,7 @@ def snapshots(pool: Path, k: int = MAX_SNAPSHOTS) -> list[dict[str, Any]]:
 @torch.no_grad()
 def payoff_matrix(sdir: Path, episodes: int = EPISODES) -> tuple[list[dict[str, Any]], np.ndarray]:
     """``(members, M)``: ``M[i, j]`` = mean return of member i (learning side) against member j."""
-    from marlcli import selfplay
+    from marlcli.selfplay import session as selfplay
 
     payload = results.load_checkpoint(sdir)
     cfg = results.checkpoint_config(payload)
@@ -72,7 +72,7 @@ def payoff_matrix(sdir: Path, episodes: int = EPISODES) -> tuple[list[dict[str, 
 
 
 def _asymmetric(sdir: Path) -> bool:
-    from marlcli import selfplay
+    from marlcli.selfplay import session as selfplay
 
     cfg = results.checkpoint_config(results.load_checkpoint(sdir))
     env = make_env(cfg.env, 1, 0, torch.device("cpu"))

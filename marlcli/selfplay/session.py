@@ -1,13 +1,13 @@
 """Self-play and matrix-game measures, as the trainer sees them: one ``Session`` per run.
 
 ``Session(cfg, env, device, out)`` wraps the env when ``selfplay.mode`` is ``latest`` or
-``pool`` (``marlcli.envs.selfplay``), keeps the pool (``marlcli.league``), snapshots the
+``pool`` (``marlcli.selfplay.mirrored``), keeps the pool (``marlcli.selfplay.league``), snapshots the
 learner's actor every ``selfplay.snapshot_interval`` env steps, rates the games after every
 update, and on the matrix games measures the exact exploitability of the current and of the
-time-averaged policy (``marlcli.exploitability``), with or without self-play. With
+time-averaged policy (``marlcli.selfplay.exploitability``), with or without self-play. With
 ``selfplay=none`` on any other env it does nothing. When the sides differ (tag: predators vs
 prey), the learner keeps every agent and each env copy learns one role against frozen
-snapshots of the full actor in the others (``learning_roles``, ``marlcli.envs.asymmetric``). The trainer calls it at five places:
+snapshots of the full actor in the others (``learning_roles``, ``marlcli.selfplay.roles``). The trainer calls it at five places:
 ``start`` (after the learner is built), ``load_state_dict`` (resume), ``after_update``,
 ``wrap_eval`` and ``state_dict``/``write`` (checkpoints).
 """
@@ -23,14 +23,14 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from marlcli import exploitability as ex
 from marlcli.algos import load_family
-from marlcli.envs.asymmetric import RoleSelfPlayVecEnv
 from marlcli.envs.base import EnvSpec, VecEnv, role_of
 from marlcli.envs.matrix import GAMES
-from marlcli.envs.selfplay import OpponentBank, SelfPlayVecEnv, sub_spec
 from marlcli.errors import CheckpointError, ConfigError
-from marlcli.league import League, load_member
+from marlcli.selfplay import exploitability as ex
+from marlcli.selfplay.league import League, load_member
+from marlcli.selfplay.mirrored import OpponentBank, SelfPlayVecEnv, sub_spec
+from marlcli.selfplay.roles import RoleSelfPlayVecEnv
 
 EVAL_DRAW_SEED = 4_241  # evaluation opponents: their own stream, the same draws at every evaluation
 
@@ -64,7 +64,7 @@ def learners(cfg: DictConfig, spec: EnvSpec) -> list[int]:
 
 def learning_roles(cfg: DictConfig, spec: EnvSpec) -> list[int] | None:
     """``None`` when the learners mirror the opponents (rps, prisoners: the mirrored path), else the
-    indices in ``spec.roles`` of the roles that learn, for asymmetric self-play (``marlcli.envs.asymmetric``).
+    indices in ``spec.roles`` of the roles that learn, for asymmetric self-play (``marlcli.selfplay.roles``).
 
     Asymmetric: ``selfplay.learn`` empty = every role learns; named agents stand for their whole role.
     """
@@ -125,7 +125,7 @@ class MatrixMetrics:
     The time-averaged policy is the mean of the policy tables measured so far (one per
     update), per state; on the stateless games (``rps``) that is exactly the mixed strategy
     of the average policy. A history-dependent actor (GRU or last action) is read at the hidden
-    state it has at each point of the game, over the history tree (``marlcli.exploitability``),
+    state it has at each point of the game, over the history tree (``marlcli.selfplay.exploitability``),
     and averaged per history with realization weights (``TreeAverage``); ``bind`` decides which,
     from the actor, before the first measure or a resume.
     """

@@ -1,0 +1,1 @@
+"""Data-parallel runs: ``collectives`` (below the trainer) and ``launch`` (above it)."""

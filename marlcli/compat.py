@@ -6,7 +6,7 @@ two. ``check_pairings(cfg, spec)`` is the one place for those refusals that had 
 (called by ``marlcli.trainer.validate`` right after ``check_compatible``). The refusals that
 already live elsewhere stay there and are only listed here, in ``REFUSED_ELSEWHERE``, so that
 ``PAIRINGS + REFUSED_ELSEWHERE`` is the whole table of refused pairings that the docs and
-``tests/test_composition.py`` print and check (every other pair of option values is run there
+``tests/integration/test_composition.py`` print and check (every other pair of option values is run there
 through train, kill, resume, eval, export and report).
 
 Each table row is ``(option_a, option_b, reason)``.

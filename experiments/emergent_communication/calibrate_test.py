@@ -1,4 +1,4 @@
-"""Calibration of tests/test_comm.py::test_messages_carry_what_only_the_speaker_sees on seeds 0-2.
+"""Calibration of tests/integration/test_comm.py::test_messages_carry_what_only_the_speaker_sees on seeds 0-2.
 
 Run from the repo root: ``python experiments/emergent_communication/calibrate_test.py``; writes
 ``experiments/emergent_communication/test_calibration.json``.

@@ -12,7 +12,7 @@ hold the last observation, masks and alive flags of the finished one, so learner
 bootstrap correctly on truncation (mpe2 episodes end by truncation at ``max_cycles``) and
 never with the next episode's masks. Where ``done[b]`` is false the ``final_*`` fields
 equal the plain ones, so ``next_obs[t] == obs[t + 1]`` holds for every copy that goes on
-(``tests/test_env_contract.py`` checks this for every backend).
+(``tests/envs/test_contract.py`` checks this for every backend).
 
 An agent can also leave while its episode goes on: by termination (``terminated[b, i]``:
 no bootstrap) or by its own time limit (``agent_truncated[b, i]``, PettingZoo's

@@ -30,7 +30,7 @@ VMAS's own action checks sync anyway.
 Resume. ``state_dict`` walks the VMAS objects (environment, world, entities, their
 states and actions, the scenario) and saves every tensor attribute by path, plus the
 RNG states and the step counters; ``load_state_dict`` copies them back in place. This is
-exact for VMAS's own scenarios (checked in ``tests/test_env_contract.py`` for the
+exact for VMAS's own scenarios (checked in ``tests/envs/test_contract.py`` for the
 scenarios listed there); a custom scenario that keeps state outside tensors (Python
 floats or lists changed while stepping) would not be restored.
 """

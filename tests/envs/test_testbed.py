@@ -1,7 +1,7 @@
 """The testbed env (marlcli/envs/testbed.py): its design, its optimum, and every algorithm on it.
 
 The contract checks (continuity, final_* fields, resume, seeds) and PettingZoo's own
-tests run on the testbed in tests/test_env_contract.py; here: sizes and bounds, the
+tests run on the testbed in tests/envs/test_contract.py; here: sizes and bounds, the
 analytic optimum, strict mode, and a tiny training run of every algorithm, discrete and
 continuous, with shared and unshared networks, in strict mode (an unavailable action or
 one for a finished agent raises inside the env).

@@ -254,7 +254,7 @@ def test_rerunning_a_sweep_without_resume_is_refused(tmp_path: Path, capsys: pyt
 
 
 def test_makefile_train_twice_uses_fresh_run_names(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     (tmp_path / "pyproject.toml").touch()
     stamp = tmp_path / "stamp"  # newer than pyproject.toml: make sees the venv as installed and prints only
     stamp.touch()

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import make_cfg, strip_time
 
 from marlcli import results
 from marlcli.envs.matrix import MatrixVecEnv, prisoners_payoff, rps_payoff
@@ -18,7 +19,6 @@ from marlcli.selfplay import exploitability as ex
 from marlcli.selfplay.league import League, fit_elo
 from marlcli.selfplay.mirrored import OpponentBank, SelfPlayVecEnv
 from marlcli.trainer import train, validate
-from tests.conftest import make_cfg, strip_time
 
 RPS = torch.as_tensor(rps_payoff())
 PD = torch.as_tensor(prisoners_payoff())

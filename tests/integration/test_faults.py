@@ -23,7 +23,7 @@ from marlcli import results, sweep, trainer
 from marlcli.cli import main
 from marlcli.trainer import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # 20 updates of 100 env steps: long enough to signal mid-run, short enough for the suite
 ARGS = ["env=spread", "env.backend=native", "env.num_envs=4", "algo.rollout_steps=25", "algo.epochs=1",
         "train.total_steps=2000", "train.eval_interval=500", "train.eval_episodes=4", "train.eval_envs=4",

@@ -1,4 +1,4 @@
-"""VMAS backend (``env=vmas``) beyond the environment contract (``test_env_contract.py``).
+"""VMAS backend (``env=vmas``) beyond the environment contract (``test_contract.py``).
 
 Bad configuration fails with one line; the CLI composes it; a short MAPPO run learns
 navigation by a clear margin over standing still on the same evaluation episodes.

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import make_cfg
 from omegaconf import DictConfig
 
 from marlcli.algos import check_compatible, load_family
@@ -30,7 +31,6 @@ from marlcli.errors import ConfigError
 from marlcli.nets.comm import CommEncoder
 from marlcli.selfplay.crossplay import SideBySide, evaluate_vs
 from marlcli.trainer import train
-from tests.conftest import make_cfg
 
 
 @pytest.fixture(autouse=True)

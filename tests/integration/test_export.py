@@ -23,7 +23,7 @@ from marlcli.cli import evaluate_path
 from marlcli.export import evaluate_export, export_main
 from marlcli.trainer import train
 
-RUNNER = Path(__file__).resolve().parents[1] / "examples" / "robot_runner.py"
+RUNNER = Path(__file__).resolve().parents[2] / "examples" / "robot_runner.py"
 FAST = ["latency_iters=20", "parity_episodes=4"]
 
 CASES = {  # name -> overrides; the acceptance configs of issue 18

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import eval_records, quiet
 
 from marlcli.algos import load_family
 from marlcli.cli import main
@@ -15,7 +16,6 @@ from marlcli.envs import make_env
 from marlcli.errors import ConfigError
 from marlcli.nets.comm import CommEncoder
 from marlcli.trainer import train
-from tests.conftest import eval_records, quiet
 
 FAMILIES = ["mappo", "ippo", "coma", "iql", "vdn", "qmix", "maddpg"]
 

@@ -32,7 +32,7 @@ from marlcli.envs import make_env
 from marlcli.errors import TrainingError
 from marlcli.trainer import train
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE = ["env=spread", "env.backend=native", "env.num_envs=4", "device=cpu", "run=test", "logger.progress=false",
         "train.eval_episodes=4", "train.eval_envs=4", "train.log_interval=100", "train.checkpoint_interval=200",
         "train.eval_interval=10000", "train.total_steps=400"]

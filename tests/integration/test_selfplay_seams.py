@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_cfg, strip_time
 from omegaconf import OmegaConf
 
 from marlcli import results, selfplay
@@ -23,7 +24,6 @@ from marlcli.envs.matrix import GAMES
 from marlcli.selfplay import exploitability as ex
 from marlcli.selfplay.mirrored import OpponentBank, SelfPlayVecEnv
 from marlcli.trainer import train
-from tests.conftest import make_cfg, strip_time
 
 CPU = torch.device("cpu")
 BACKENDS = ["native", "pettingzoo"]

@@ -263,7 +263,7 @@ def run_through(row: dict[str, str], cfg: DictConfig, root: Path, monkeypatch: p
         assert (seed_dir / "export" / "manifest.json").exists()
     else:  # a communicating actor has no one-file-per-agent export: refused with one line
         assert code == 2 and len(err.strip().splitlines()) == 1 and "communicating actor" in err, err
-    from marlcli import payoff
+    from marlcli.selfplay import payoff
 
     real = payoff.payoff_matrix  # self-play runs: the snapshots' payoff matrix on 4 episodes a cell, not 200
     monkeypatch.setattr(payoff, "payoff_matrix", lambda sdir, episodes=4: real(sdir, episodes))

@@ -16,14 +16,18 @@ machine do not count against either side (on an idle core it equals wall time).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from mpe2 import simple_spread_v3
 from omegaconf import OmegaConf
 
 from marlcli.envs import native
+from marlcli.envs.vmas import VMASEnv
 
 
 def _timed_steps(env: Any, acts: torch.Tensor, seconds: float, clock: Callable[[], float]) -> float:
@@ -49,8 +53,6 @@ def _native_steps_per_s(n: int, b: int, seconds: float, device: torch.device,
 
 def _vmas_steps_per_s(scenario: str, b: int, seconds: float, device: torch.device, continuous: bool,
                       clock: Callable[[], float] = time.perf_counter) -> float:
-    from marlcli.envs.vmas import VMASEnv
-
     cfg = {"scenario": scenario, "max_steps": 25, "continuous_actions": continuous,
            "n_agents": 3}
     env = VMASEnv(OmegaConf.create(cfg), b, 0, device)
@@ -64,8 +66,6 @@ def _vmas_steps_per_s(scenario: str, b: int, seconds: float, device: torch.devic
 
 
 def _mpe2_steps_per_s(n: int, seconds: float) -> float:
-    from mpe2 import simple_spread_v3
-
     env = simple_spread_v3.parallel_env(N=n, max_cycles=25)
     env.reset(seed=0)
     steps, start = 0, time.perf_counter()
@@ -129,14 +129,10 @@ def vmas_throughput(b_values: tuple[int, ...] = (1, 64, 1024, 4096, 16384), seco
 
 def _load() -> float | None:
     try:
-        import os
-
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         return None
 
 
 if __name__ == "__main__":
-    import json
-
     print(json.dumps(env_throughput(), indent=2))

@@ -17,6 +17,7 @@ episodes) and the episodes are those of ``marl eval PATH seed=S episodes=E envs=
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from typing import Any
 
@@ -25,6 +26,8 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from marlcli.envs.native.mpe import DAMPING, DIRECTIONS, DT, SENSITIVITY
+from marlcli.evaluate import run_episodes
+from marlcli.trainer import env_for_eval
 
 SPREAD = {"name": "spread", "backend": "native", "N": 3, "local_ratio": 0.5, "max_cycles": 25,
           "continuous_actions": False}
@@ -69,9 +72,6 @@ class AssignmentController:
 
 def evaluate(horizon: float, episodes: int, eval_seed: int, n: int = 3, device: str = "cpu") -> dict[str, float]:
     """The controller on the ``episodes`` episodes of ``marl eval ... seed=eval_seed envs=episodes``."""
-    from marlcli.evaluate import run_episodes
-    from marlcli.trainer import env_for_eval
-
     cfg = OmegaConf.create({"env": {**SPREAD, "N": n}})
     env = env_for_eval(cfg, episodes, eval_seed, torch.device(device))
     res = run_episodes(AssignmentController(n, horizon), env, episodes)
@@ -91,6 +91,4 @@ def oracle_study(episodes: int = 2000, eval_seed: int = 9000, tune_seed: int = T
 
 
 if __name__ == "__main__":
-    import json
-
     print(json.dumps(oracle_study(), indent=2))

@@ -9,12 +9,21 @@ O(N^2) part, and no network input grows with N.
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from marlcli.algos import load_family
+from marlcli.config import compose
+from marlcli.envs import make_env
+from marlcli.results import read_metrics
+from marlcli.trainer import train
 
 SWARM = ["env=spread", "env.num_agent_neighbors=3", "env.num_landmark_neighbors=3", "env.scale_arena=true",
          "env.observe_position=false", "env.global_reward=mean", "algo=mappo", "sharing=all",
@@ -30,10 +39,6 @@ def swarm_scaling(n_values: tuple[int, ...] = (3, 10, 30, 100), num_envs: int = 
     """``{"us_per_env_step": {variant: {N: µs}}, "us_per_agent_step": {variant: {N: µs}}, ...}``.
 
     ``variants``: label -> overrides (default: the mlp and deepsets actors)."""
-    from marlcli.config import compose
-    from marlcli.results import read_metrics
-    from marlcli.trainer import train
-
     per_step: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for actor, extra in (variants or ACTORS).items():
@@ -61,13 +66,6 @@ def channel_cost(n: int = 10, copies: int = 512, reps: int = 10, rounds: int = 9
 
     The forward timings interleave the three actors ``rounds`` times and keep each one's fastest
     round, so a busy spell slows all of them instead of whichever ran during it."""
-    import math
-    import time
-
-    from marlcli.algos import load_family
-    from marlcli.config import compose
-    from marlcli.envs import make_env
-
     actors, best = {}, {}
     for comm, extra in CHANNELS.items():
         cfg = compose(["env=spread", f"env.N={n}", *extra])
@@ -91,6 +89,4 @@ def channel_cost(n: int = 10, copies: int = 512, reps: int = 10, rounds: int = 9
 
 
 if __name__ == "__main__":
-    import json
-
     print(json.dumps(swarm_scaling(), indent=2))

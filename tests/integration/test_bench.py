@@ -16,6 +16,7 @@ import torch
 
 from marlcli.bench import main as bench
 from marlcli.bench import oracle as bench_oracle
+from marlcli.bench import render, runs, ttr
 
 
 def _evals(*points: tuple[float, float]) -> list[dict]:
@@ -25,9 +26,9 @@ def _evals(*points: tuple[float, float]) -> list[dict]:
 def test_first_time_and_targets_count_seeds_in_time() -> None:
     fast = _evals((5, -20.0), (50, -9.9), (200, -8.4))
     slow = _evals((5, -20.0), (70, -9.5), (300, -9.0))  # -10 too late, never -8.5
-    assert bench.first_time(fast, -10.0) == 50 and bench.first_time(slow, -8.5) is None
-    assert bench.targets_met("vdn", [fast, slow]) == {"-10.0 within 60s": 1, "-8.5 within budget": 1}
-    assert bench.targets_met("mappo", [fast, slow]) == {"-12.0 within 180s": 2}
+    assert runs.first_time(fast, -10.0) == 50 and runs.first_time(slow, -8.5) is None
+    assert ttr.targets_met("vdn", [fast, slow]) == {"-10.0 within 60s": 1, "-8.5 within budget": 1}
+    assert ttr.targets_met("mappo", [fast, slow]) == {"-12.0 within 180s": 2}
 
 
 def test_markdown_lists_targets_seeds_and_cut_off_runs() -> None:
@@ -35,21 +36,21 @@ def test_markdown_lists_targets_seeds_and_cut_off_runs() -> None:
              "best_within_180s": [-9.0, -8.0], "targets": {"-12.0 within 180s": 2}, "final_common": [-8.6, None],
              "finished": [True, False]}
     entry.update({str(t): {"reached": 0, "seconds_mean": None, "seconds_ci95": None, "seconds": [None, None]}
-                  for t in bench.THRESHOLDS})
-    md = bench.markdown({"machine": "test", "time_to_return": {"mappo": entry}})
+                  for t in ttr.THRESHOLDS})
+    md = render.markdown({"machine": "test", "time_to_return": {"mappo": entry}})
     assert "| mappo | ≥ -12.0 within 180s | 2/2 |" in md
     assert "| mappo | 100, 101 | not reached | not reached | not reached | -12.0, - | -9.0, -8.0 | -9.0, -8.0 | -8.6, - |" in md
     assert "episodes of evaluation seed 9000" in md and "Cut off at the time limit before the end of the budget: mappo seed 101" in md
 
 
 def test_seeds_default_to_held_out_ones() -> None:
-    assert bench.parse_seeds(bench.SEEDS) == [100, 101, 102, 103, 104]
+    assert bench.parse_seeds(ttr.SEEDS) == [100, 101, 102, 103, 104]
     assert bench.parse_seeds("100,102-103,7") == [100, 102, 103, 7]
-    assert bench.seed_list(3) == [0, 1, 2] and bench.EVAL_SEED != bench.TUNING_EVAL_SEED
+    assert ttr.seed_list(3) == [0, 1, 2] and ttr.EVAL_SEED != ttr.TUNING_EVAL_SEED
 
 
 def test_common_eval_marks_runs_without_checkpoints(tmp_path: Path) -> None:
-    assert bench.common_eval(tmp_path, "vdn", [100, 101]) == [None, None]
+    assert ttr.common_eval(tmp_path, "vdn", [100, 101]) == [None, None]
 
 
 def _arg(cmd: list[str], key: str) -> str:
@@ -76,7 +77,7 @@ def fake_train(rc: int = 0, stderr: str = "", record: bool = True, seen: list[bo
 def test_failing_run_stops_the_bench_with_its_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     lines = "".join(f"line {i}\n" for i in range(30)) + "RuntimeError: loss is NaN\n"
-    monkeypatch.setattr(bench.subprocess, "run", fake_train(rc=1, stderr=lines))
+    monkeypatch.setattr(runs.subprocess, "run", fake_train(rc=1, stderr=lines))
     rc = bench.main(["--out", str(tmp_path), "--sections", "ttr", "--algos", "vdn", "--seeds", "100"])
     err = capsys.readouterr().err
     assert rc == 1
@@ -86,9 +87,9 @@ def test_failing_run_stops_the_bench_with_its_stderr(tmp_path: Path, monkeypatch
 
 
 def test_run_without_eval_records_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench.subprocess, "run", fake_train(rc=0, record=False, stderr="Killed\n"))
-    with pytest.raises(bench.RunFailed, match="no evaluation record"):
-        bench.run_train(tmp_path, "ttr-vdn-s100", ["algo=vdn", "seed=100"], 10.0)
+    monkeypatch.setattr(runs.subprocess, "run", fake_train(rc=0, record=False, stderr="Killed\n"))
+    with pytest.raises(runs.RunFailed, match="no evaluation record"):
+        runs.run_train(tmp_path, "ttr-vdn-s100", ["algo=vdn", "seed=100"], 10.0)
 
 
 def test_each_run_starts_in_a_fresh_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,13 +98,13 @@ def test_each_run_starts_in_a_fresh_dir(tmp_path: Path, monkeypatch: pytest.Monk
     (stale / "checkpoints" / "latest.pt").write_bytes(b"an older run's actor")
     (stale / "metrics.jsonl").write_text(json.dumps({"step": 5, "time_s": 3.0, "eval/return_mean": -8.0}) + "\n")
     # a crash that writes nothing must not be reported with the old run's records or actor
-    monkeypatch.setattr(bench.subprocess, "run", fake_train(rc=-9, record=False))
-    with pytest.raises(bench.RunFailed, match="exit code -9"):
-        bench.run_train(tmp_path, "ttr-vdn-s100", ["algo=vdn", "seed=100"], 10.0)
+    monkeypatch.setattr(runs.subprocess, "run", fake_train(rc=-9, record=False))
+    with pytest.raises(runs.RunFailed, match="exit code -9"):
+        runs.run_train(tmp_path, "ttr-vdn-s100", ["algo=vdn", "seed=100"], 10.0)
     assert not stale.exists()
     seen: list[bool] = []
-    monkeypatch.setattr(bench.subprocess, "run", fake_train(seen=seen))
-    evals = bench.run_many(tmp_path, [(f"ttr-vdn-s{s}", ["algo=vdn", f"seed={s}"]) for s in (100, 101)], 10.0,
+    monkeypatch.setattr(runs.subprocess, "run", fake_train(seen=seen))
+    evals = runs.run_many(tmp_path, [(f"ttr-vdn-s{s}", ["algo=vdn", f"seed={s}"]) for s in (100, 101)], 10.0,
                            jobs=2)
     assert seen == [False, False] and [e["eval/return_mean"] for e in evals["ttr-vdn-s100"]] == [-20.0]
 
@@ -111,11 +112,11 @@ def test_each_run_starts_in_a_fresh_dir(tmp_path: Path, monkeypatch: pytest.Monk
 def test_publish_keeps_the_hand_written_text(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "bench.md").write_text(f"# b\n\nprotocol\n\n{bench.BEGIN}\nold table\n{bench.END}\n\n## History\nkept\n")
+    (docs / "bench.md").write_text(f"# b\n\nprotocol\n\n{render.BEGIN}\nold table\n{render.END}\n\n## History\nkept\n")
     data = {"machine": "test", "oracle": {"horizon": "2", "episodes": 20, "tune_seed": 8000, "eval_seed": 9000,
                                           "return_mean": -7.5, "return_ci95": 0.1, "landmarks_covered": 2.9,
                                           "collisions": 1.5}}
-    bench.publish(tmp_path, data, docs)
+    render.publish(tmp_path, data, docs)
     text = (docs / "bench.md").read_text()
     assert "protocol" in text and "## History\nkept" in text and "old table" not in text and "| -7.50 |" in text
     assert json.loads((docs / "bench.json").read_text()) == data
@@ -177,4 +178,4 @@ def test_channel_cost_section(monkeypatch) -> None:
         c: {str(ns[0]): 10.0 * (i + 1)} for i, c in enumerate(variants)}})
     cc = bench_swarm.channel_cost(n=4, copies=8, reps=1, rounds=1)
     assert set(cc["act_ms"]) == {"none", "commnet", "tarmac"} and cc["train_ratio"] == {"commnet": 2.0, "tarmac": 3.0}
-    assert "Cost of a message channel at N = 4" in bench.markdown({"channel_cost": cc})
+    assert "Cost of a message channel at N = 4" in render.markdown({"channel_cost": cc})

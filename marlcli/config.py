@@ -1,22 +1,31 @@
-"""Typed config schemas in Hydra's ConfigStore, the conf/ location, and override checks.
+"""Typed config schemas, their registration in Hydra's ConfigStore, and the conf/ location.
 
-The YAML files in ``conf/`` hold values (one comment per key); the dataclasses here
-give them types, so ``seed=abc`` or a misspelt key fails before anything runs. Each
-algorithm module's ``Config`` dataclass is registered as ``algo/<module>_schema``.
+The YAML files in ``conf/`` hold the values Hydra composes; the dataclasses here give them
+types, so ``seed=abc`` or a misspelt key fails before anything runs. Each field's trailing
+comment (continued by comment lines right below it) is its meaning: ``docs/configuration.md``
+and ``marl train --help`` are generated from these comments (``marlcli/reference.py``). A class
+docstring is the prose of its section on that page.
+
+The algorithm families' ``Config`` schemas live with the families (``marlcli/algos/*.py``) and
+register themselves: importing ``marlcli.algos`` calls :func:`register` with them, so this
+module never imports the algorithms (it sits below them). The override checks that turn a bad
+``key=value`` into one line are in ``marlcli/overrides.py``.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from marlcli.cliutil import parallel_jobs, suggest
+from marlcli.cliutil import parallel_jobs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 if not CONF_DIR.is_dir():  # installed as a wheel: conf/ ships inside the package
@@ -25,106 +34,144 @@ if not CONF_DIR.is_dir():  # installed as a wheel: conf/ ships inside the packag
 
 @dataclass
 class TrainConfig:
+    """The training budget and how often a run evaluates, checkpoints and logs (an algorithm's yaml may set
+    its own `train.*` defaults: they are listed with it under `algo`)."""
+
     total_steps: int = 2_000_000  # env steps (one step of one env copy)
     eval_interval: int = 200_000  # env steps between evaluations
-    eval_episodes: int = 1000  # episodes per evaluation
-    eval_envs: int = 1000  # env copies stepped together during evaluation
+    eval_episodes: int = 1000  # episodes per evaluation, the same ones every time
+    #   (100 were ±0.7 on spread: docs/bench.md#why-evaluations-use-1000-episodes)
+    eval_envs: int = 1000  # env copies stepped together during evaluation (lower it for heavy PettingZoo envs)
     eval_deterministic: bool = True  # greedy / mean actions at evaluation
-    checkpoint_interval: int = 500_000  # env steps between checkpoints
-    checkpoint_minutes: float = 10.0  # wall-clock minutes between checkpoints as well (0 = off)
+    checkpoint_interval: int = 500_000  # env steps between checkpoints (plus one at the end)
+    checkpoint_minutes: float = 10.0  # wall-clock minutes between checkpoints as well, so a slow run always has one (0 = off)
     keep_checkpoints: int = 0  # keep only the newest k step_<n>.pt (0 = all)
     log_interval: int = 50_000  # env steps between training log lines
 
 
 @dataclass
 class LoggerConfig:
-    progress: bool = True  # rich progress bar on a terminal
-    wandb: bool = False  # also send metrics to wandb
-    wandb_project: str = "marlcli"
+    """Where a run reports besides its metrics file: a progress bar, and wandb when `logger.wandb=true`
+    (one wandb run per seed, grouped by env/algo/run, tagged with env/algo/critic/sharing; **offline** unless
+    `logger.wandb_mode=online` or `WANDB_MODE` says otherwise)."""
+
+    progress: bool = True  # rich progress bar (on a terminal)
+    wandb: bool = False  # also log to wandb: one run per seed, grouped by env/algo/run
+    wandb_project: str = "marlcli"  # wandb project
     wandb_mode: str | None = None  # online | offline; null = $WANDB_MODE, else offline
 
 
 @dataclass
 class LauncherConfig:
-    jobs_per_gpu: int = 1  # local multirun: parallel jobs per visible GPU (no GPU: one per core)
-    isolate: bool = True  # each sweep job in its own process: a crash or kill fails only that job
+    """How `marl train -m` runs a sweep's jobs (docs/sweeps.md)."""
+
+    jobs_per_gpu: int = 1  # local multirun: parallel jobs per visible GPU (no GPU: one job per core)
+    isolate: bool = True  # run each sweep job in its own process, so a crash or kill fails only that job
 
 
 @dataclass
 class DistConfig:
-    nproc_per_node: int = 1  # processes (ranks) of one run on this node; 1 = no torch.distributed
+    """One run over several processes: torch.distributed data parallel (docs/distributed.md)."""
+
+    nproc_per_node: int = 1  # ranks started on this node by `marl train` (1 = no torch.distributed; ignored under torchrun)
     timeout: float = 600.0  # seconds a collective waits for a silent rank before the run fails
-    backend: str = "auto"  # auto (nccl on CUDA, else gloo) | gloo | nccl
+    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | gloo | nccl
 
 
 @dataclass
 class CriticConfig:
-    type: str = "centralized"  # centralized (global state) | independent (own observation)
-    arch: str = "mlp"  # mlp (the flat state) | set (pooled over the agents' observations: any N)
+    """What the value / Q functions see (`conf/critic/`). `arch=set` (MAPPO's critic and the QMIX mixer only)
+    embeds each agent's observation and pools them, so the critic accepts any number of agents."""
+
+    type: str = "centralized"  # centralized (the global state) | independent (each agent's own observation)
+    arch: str = "mlp"  # mlp (the flat global state) | set (pooled over the agents' observations: any N)
 
 
 @dataclass
 class SharingConfig:
-    mode: str = "all"  # all | none | role
-    agent_id: bool = True  # sharing=all: append a one-hot agent id (false: the actor runs at any N)
+    """Which agents share one network's parameters (`conf/sharing/`). An agent's group (`role`) is its name
+    before the trailing `_<digits>`: `adversary_0` -> `adversary`."""
+
+    mode: str = "all"  # all (one network) | none (one per agent) | role (one per agent group)
+    agent_id: bool = True  # sharing=all: append a one-hot agent id (false: one actor that runs at any N)
 
 
 @dataclass
 class ActorConfig:
-    """The actor's input architecture, for every family (``marlcli/nets/actor.py``)."""
+    """The actor's input architecture, for every family (`marlcli/nets/actor.py`; entity-based actors: docs/swarms.md)."""
 
-    type: str = "mlp"  # mlp | deepsets | attention
-    embed: int = 64  # entity embedding width (deepsets / attention)
+    type: str = "mlp"  # mlp (the observation as it is) | deepsets | attention (entity-based: any number of neighbours)
+    embed: int = 64  # entity embedding width (deepsets / attention only)
 
 
 @dataclass
 class CommConfig:
-    """Learned message channel between agents inside every family's actor (``marlcli/nets/comm.py``)."""
+    """A learned message channel between teammates' actors, for every family (`marlcli/nets/comm.py`; the
+    mechanism: docs/communication.md). Continuous messages are tanh-bounded numbers. With `bits` > 0 they are
+    exact ±1 bits in the forward pass (training and evaluation; a lost message reads 0) and take the tanh's
+    gradient backward (straight-through); tarmac's key is bits too. `dropout` is drawn afresh at every
+    forward, so PPO's old and new log-probabilities and replayed episodes see different losses. `neighbors`
+    builds the graph from the positions an env declares as `EnvSpec.position` (native spread with
+    `observe_position=true`: obs[2:4]); an env without positions is a one-line error. `marl eval PATH
+    comm.KEY=VALUE` degrades a trained channel (`comm=off` cuts it)."""
 
-    type: str = "none"  # none | commnet (mean of messages) | tarmac (attention: key, value, query)
-    size: int = 16  # continuous message size (bits > 0 replaces it)
-    rounds: int = 1  # rounds of message passing per step
-    bits: int = 0  # 0 = continuous messages of `size` numbers; > 0: all a sender sends per round is k bits (tarmac: key = bits)
-    dropout: float = 0.0  # each message lost with this probability, at training and evaluation
-    neighbors: str = "all"  # all | nearest (k closest agents) | radius (agents within radius); needs positions
-    k: int = 2  # neighbors=nearest: how many agents each agent hears
-    radius: float = 1.0  # neighbors=radius: range of the radio
+    type: str = "none"  # none | commnet (mean of the messages) | tarmac (attention: key, value, query)
+    size: int = 16  # continuous message size (numbers per message; bits > 0 replaces it)
+    rounds: int = 1  # rounds of message passing per step (round r's message sees round r-1's received)
+    bits: int = 0  # 0 = continuous messages of `size` numbers; > 0 = this many discrete bits instead (straight-through)
+    dropout: float = 0.0  # each sender->receiver message lost with this probability (training and evaluation)
+    neighbors: str = "all"  # all | nearest (the k closest agents) | radius (agents within radius); needs env positions
+    k: int = 2  # neighbors=nearest: agents each agent hears
+    radius: float = 1.0  # neighbors=radius: radio range (env units)
     cut: bool = False  # zero every received message (evaluation ablation: marl eval PATH comm=off)
 
 
 @dataclass
 class SelfPlayConfig:
-    mode: str = "none"  # none | latest | pool (see marlcli/selfplay/session.py)
-    learn: list[str] = field(default_factory=list)  # learning agents or roles; [] = first agent / first role
+    """Who plays the opponents: the learning agents against frozen copies of their own actor (`marlcli/selfplay/`;
+    the mechanism: docs/self-play.md). `learn: []` is the first agent when all agents share one role (rps:
+    `player_0`), else the first role if the others mirror it, else every role (asymmetric: tag). A snapshot is
+    also taken at step 0; `selfplay=latest` is a window of one. `init` takes seed dirs, `.pt` files and
+    `pool/member_<id>.pt` of other self-play runs of the same game and algorithm."""
+
+    mode: str = "none"  # none | latest | pool
+    learn: list[str] = field(default_factory=list)  # learning agents or roles; [] = the first agent (one role) or the first role
     snapshot_interval: int = 20_000  # env steps between snapshots of the learner's actor
     pool_size: int = 20  # window: opponents are drawn from the newest pool_size snapshots
-    latest_prob: float = 0.0  # probability of playing the newest snapshot instead of a draw
-    pfsp: bool = False  # prioritized fictitious self-play: draw opponents the learner loses to more often
-    pfsp_power: float = 1.0  # PFSP weight (1 - win rate)^power
+    latest_prob: float = 0.0  # probability of playing the newest snapshot instead of a draw from the window
+    pfsp: bool = False  # prioritized fictitious self-play: weight (1 - learner's score)^pfsp_power
+    pfsp_power: float = 1.0  # PFSP exponent
     elo_k: float = 16.0  # Elo K-factor (one game per opponent and update)
-    init: list[str] = field(default_factory=list)  # actors of other self-play runs always in the pool
-    rate_eval: bool = False  # the games of evaluations during training count for Elo and records too
+    init: list[str] = field(default_factory=list)  # actors of other self-play runs of the same game, always in the pool
+    rate_eval: bool = False  # true: evaluation games during training also move the Elo table and records
 
 
 @dataclass
 class RootConfig:
-    seed: int = 0
-    device: str = "auto"
-    results_dir: str = "results"
-    run: str = "default"
-    variant: str = ""  # configuration dir under the run (set per sweep job from the swept keys); "" = none
-    resume: str | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    launcher: LauncherConfig = field(default_factory=LauncherConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-    critic: CriticConfig = field(default_factory=CriticConfig)
-    sharing: SharingConfig = field(default_factory=SharingConfig)
-    actor: ActorConfig = field(default_factory=ActorConfig)
-    comm: CommConfig = field(default_factory=CommConfig)
-    selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig)
-    env: Any = None
-    algo: Any = None
+    """The top-level keys of `conf/config.yaml`. Resuming, `resume=auto` and what survives a crash: docs/faults.md."""
+
+    seed: int = 0  # seeds torch, numpy, python and the envs
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    results_dir: str = "results"  # root of the results tree (docs/results-tree.md)
+    run: str = "default"  # run name; `marl train` sets a unique timestamp (plus 6 hex digits) unless you give one
+    variant: str = ""  # configuration dir under the run: `marl train -m` names it by the swept keys; "" = none
+    resume: str | None = None  # a seed dir or .pt to continue; `auto` in sweeps: skip finished, resume unfinished
+    train: TrainConfig = field(default_factory=TrainConfig)  # budget, evaluation, checkpoints, logging
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # progress bar and wandb
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # how a sweep's jobs run
+    dist: DistConfig = field(default_factory=DistConfig)  # one run over several processes
+    critic: CriticConfig = field(default_factory=CriticConfig)  # the critic group (conf/critic/)
+    sharing: SharingConfig = field(default_factory=SharingConfig)  # the sharing group (conf/sharing/)
+    actor: ActorConfig = field(default_factory=ActorConfig)  # the actor group (conf/actor/)
+    comm: CommConfig = field(default_factory=CommConfig)  # the comm group (conf/comm/)
+    selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig)  # the selfplay group (conf/selfplay/)
+    env: Any = None  # the env group (conf/env/): no schema, each env takes its own keys
+    algo: Any = None  # the algo group (conf/algo/): typed by its family's Config (marlcli/algos/<family>.py)
+
+
+GROUP_SCHEMAS: dict[str, type] = {"critic": CriticConfig, "sharing": SharingConfig, "actor": ActorConfig,
+                                  "comm": CommConfig, "selfplay": SelfPlayConfig}
+_ALGO_SCHEMAS: dict[str, type] = {}  # family module name -> its Config, as the algorithms registered them
 
 
 def register_resolvers() -> None:
@@ -133,13 +180,37 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("marl_parallel_jobs", lambda per_gpu: parallel_jobs(int(per_gpu)))
 
 
-def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
-    """Compose ``conf/config.yaml`` with ``overrides`` outside a Hydra app (validation, plans, tests)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def register(algo_schemas: Mapping[str, type] | None = None) -> None:
+    """Store the root and group schemas, and ``algo_schemas`` (family -> ``Config``) as ``algo/<family>_schema``.
 
+    The algorithms call this with their own schemas when ``marlcli.algos`` is imported
+    (``marlcli.algos.register_schemas``); a later call without them keeps those already given.
+    """
+    register_resolvers()  # ${marl_parallel_jobs:...} in conf/hydra/launcher/local.yaml
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootConfig)
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(group=group, name=f"{group}_schema", node=schema)
+    for family, schema in (algo_schemas or {}).items():
+        _ALGO_SCHEMAS[family] = schema
+        cs.store(group="algo", name=f"{family}_schema", node=schema)
+
+
+def algo_schemas() -> dict[str, type]:
+    """The algorithm schemas registered so far (family -> ``Config``)."""
+    return dict(_ALGO_SCHEMAS)
+
+
+def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """Compose ``conf/config.yaml`` with ``overrides`` outside a Hydra app (validation, plans, tests).
+
+    Needs the algorithms' schemas, which ``import marlcli.algos`` registers (the trainer, the
+    evaluator and ``marl`` import it; a script that only imports this module must import it too).
+    """
     register()
+    if not _ALGO_SCHEMAS:
+        raise RuntimeError("no algorithm schemas are registered: import marlcli.algos first (it registers them), "
+                           "or call marlcli.algos.register_schemas()")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -148,259 +219,6 @@ def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
-def register() -> None:
-    """Register the root schema and every algorithm family's ``Config``."""
-    register_resolvers()  # ${marl_parallel_jobs:...} in conf/hydra/launcher/local.yaml
-    cs = ConfigStore.instance()
-    cs.store(name="root_schema", node=RootConfig)
-    cs.store(group="critic", name="critic_schema", node=CriticConfig)
-    cs.store(group="sharing", name="sharing_schema", node=SharingConfig)
-    cs.store(group="actor", name="actor_schema", node=ActorConfig)
-    cs.store(group="comm", name="comm_schema", node=CommConfig)
-    cs.store(group="selfplay", name="selfplay_schema", node=SelfPlayConfig)
-    import marlcli.algos as algos
-
-    for info in pkgutil.iter_modules(algos.__path__):
-        if info.name == "base":
-            continue
-        module = importlib.import_module(f"marlcli.algos.{info.name}")
-        schema = getattr(module, "Config", None)
-        if schema is not None:
-            cs.store(group="algo", name=f"{info.name}_schema", node=schema)
-
-
-# ----------------------------------------------------------------------------- override checks (issue 25)
-# Env keys that count something (agents, copies, steps) and so must be >= 1, and those that may be 0. The env
-# configs have no schema (each env takes its own keys), so a 0 would otherwise fail deep inside the env code.
-ENV_POSITIVE = ("num_envs", "N", "n", "n_agents", "num_good", "num_adversaries", "goals", "max_cycles", "max_steps")
-ENV_NON_NEGATIVE = ("num_obstacles",)  # (num_*_neighbors: the env itself wants null or >= 1)
-# Keys whose null is meaningful although the env's config gives a number (vmas n_agents: the scenario's default).
-ENV_NULLABLE = ("n_agents", "num_agent_neighbors", "num_landmark_neighbors", "factory", "kwargs")
-EXPECTED = {"Integer": "an integer", "bool": "true or false", "Boolean": "true or false", "Float": "a number",
-            "String": "a string"}
-
-
-def expected_type(reference: Any) -> str | None:
-    """What a value replacing ``reference`` must be, in words (None: anything goes, e.g. a ``null`` default)."""
-    if isinstance(reference, bool):
-        return "true or false"
-    if isinstance(reference, int):
-        return "an integer"
-    if isinstance(reference, float):
-        return "a number"
-    if isinstance(reference, (list, tuple)):
-        return "a list"
-    if isinstance(reference, dict):
-        return "a mapping"
-    if isinstance(reference, str) and "${" not in reference:
-        return "a string"
-    return None
-
-
-def fits(value: Any, reference: Any) -> bool:
-    """``value`` has the type of ``reference`` (an int where a float is expected is fine; a bool never is a number)."""
-    want = expected_type(reference)
-    if want is None:
-        return True
-    if want == "true or false":
-        return isinstance(value, bool)
-    if want == "an integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if want == "a number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if want == "a list":
-        return isinstance(value, (list, tuple))
-    if want == "a mapping":
-        return isinstance(value, dict)
-    return value is not None and not isinstance(value, (list, tuple, dict))  # a string: any scalar reads as one
-
-
-def shown(value: Any) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def check_env_value(key: str, value: Any, reference: Any, where: str = "") -> None:
-    """One line (``ConfigError``) for an ``env.<key>`` value of the wrong type or range.
-
-    The env configs have no typed schema, so the type is the one the key has in the env's own
-    config (``conf/env/<env>.yaml`` for ``marl train``, the checkpoint's saved config for
-    ``marl eval``): ``env.N=abc`` or ``env.N=1.5`` where ``N`` is 3 is refused here instead of
-    failing inside the env (or, for ``env.continuous_actions=maybe``, being read as true).
-    """
-    from marlcli.errors import ConfigError
-
-    name = key.rsplit(".", 1)[-1]
-    if value is None and name in ENV_NULLABLE:
-        return
-    if not fits(value, reference):
-        raise ConfigError(f"{key}: {expected_type(reference)} is expected{where}, got '{shown(value)}'")
-    if isinstance(value, bool) or not isinstance(value, int):
-        if value is None or name not in (*ENV_POSITIVE, *ENV_NON_NEGATIVE):
-            return
-        raise ConfigError(f"{key}: an integer is expected, got '{shown(value)}'")
-    if name in ENV_POSITIVE and value < 1:
-        raise ConfigError(f"{key} must be a positive integer (1 or more), got {value}")
-    if name in ENV_NON_NEGATIVE and value < 0:
-        raise ConfigError(f"{key} must be 0 or more, got {value}")
-
-
-def parse_value(value: str) -> Any:
-    """A command-line value as Hydra and ``results.apply_overrides`` read it (``3`` -> 3, ``true`` -> True)."""
-    return OmegaConf.to_container(OmegaConf.from_dotlist([f"x={value}"]))["x"]
-
-
-def flat_keys(node: Any, prefix: str = "") -> list[str]:
-    """Every dotted key of a config (sections and leaves), for did-you-mean suggestions."""
-    out = []
-    if isinstance(node, DictConfig):
-        for k in node.keys():
-            key = f"{prefix}{k}"
-            out.append(key)
-            child = node._get_node(k)
-            if isinstance(child, DictConfig):
-                out += flat_keys(child, f"{key}.")
-    return out
-
-
 def group_options(group: str) -> list[str]:
     """The options of a config group: ``conf/<group>/*.yaml`` (and Hydra's own for ``hydra/...``)."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def _key(line: str) -> str:
-    return line.split("=", 1)[0].lstrip("+~")
-
-
-def _free_form(key: str) -> bool:
-    """``env.kwargs.*`` (any ParallelEnv's arguments) and Hydra's own settings are not marlcli schema keys."""
-    return key == "env.kwargs" or key.startswith(("env.kwargs.", "hydra.", "hydra/"))
-
-
-def compose_checked(overrides: list[str]) -> DictConfig:
-    """``compose(overrides)`` with every bad override as one ``ConfigError`` line that says what was meant.
-
-    An unknown key names the closest valid keys and never suggests Hydra's ``+key`` (which
-    would add the typo as a new key that nothing reads); a ``+key`` that is not in the schema is
-    refused too, except free-form ``env.kwargs.*``. An unknown group option lists the choices
-    with the closest one; a value of the wrong type says which type is expected. ``env.<key>``
-    values are checked against the chosen env's own config (:func:`check_env_value`).
-    """
-    from marlcli.errors import ConfigError
-
-    try:
-        cfg = compose(overrides)
-    except Exception as exc:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors, all turned into words
-        raise ConfigError(explain(exc, overrides)) from None
-    added = [o for o in overrides if o.startswith("+") and not _free_form(_key(o))]
-    if added:
-        base = compose([o for o in overrides if o not in added])
-        for line in added:
-            key = _key(line)
-            if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
-                raise ConfigError(_unknown_key(key, base))
-    _check_env(cfg, overrides)
-    return cfg
-
-
-_ABSENT = object()
-
-
-def _unknown_key(key: str, cfg: DictConfig | None) -> str:
-    keys = [k for k in flat_keys(cfg) if not k.startswith("hydra") and k != key] if cfg is not None else []
-    parent = key.rpartition(".")[0]
-    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
-    keys = siblings if parent and siblings else keys  # train.totl_steps: the train.* keys; trian.x: every key
-    return (f"unknown key '{key}'{suggest(key, keys)}; `marl train --help` lists the keys "
-            "(env.kwargs.KEY=VALUE passes free-form arguments to a PettingZoo factory)")
-
-
-def explain(exc: Exception, overrides: list[str]) -> str:
-    """A Hydra/OmegaConf composition error as one line in marlcli's words (see :func:`compose_checked`)."""
-    import re
-
-    text = " ".join(str(exc).split())
-    cause = " ".join(str(exc.__cause__ or "").split())
-    m = re.search(r"Could not override '([^']+)'", text)
-    if m:
-        key = m.group(1)
-        try:
-            base: DictConfig | None = compose([o for o in overrides if _key(o) != key])
-        except Exception:  # noqa: BLE001 - another bad override: no suggestions, that one is reported next
-            base = None
-        return _unknown_key(key, base)
-    m = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
-    if m:
-        group, option = m.groups()
-        choices = [o for o in (getattr(exc, "options", None) or group_options(group)) if not o.endswith("_schema")]
-        return f"unknown {group} '{option}'{suggest(option, choices)}; choices: {', '.join(choices)}"
-    m = re.search(r"Error merging override (\S+?)=(.*)$", text)
-    if m:
-        key, value = m.groups()
-        if "is not a subclass of" in cause:
-            return f"{key} is a section of keys, not a value: set its keys ({key}.KEY=VALUE; `marl train --help`)"
-        t = re.search(r"could not be converted to (\w+)|is not a valid (bool)", cause)
-        if t:
-            return f"{key}: {EXPECTED.get(t.group(1) or t.group(2), 'another type')} is expected, got '{value}'"
-        return f"{key}={value}: {cause or text}"
-    m = re.search(r"An item is already at '([^']+)'", text)
-    if m:
-        return f"{m.group(1)} is already a key: set it without '+' ({m.group(1)}=VALUE)"
-    if "Could not load" in text:
-        return f"{text.split('Available options')[0].strip()} (see `marl train --help` for the options)"
-    return f"{text}{f' ({cause})' if cause and cause not in text else ''}"
-
-
-def _env_choice(overrides: list[str]) -> str:
-    chosen = [o.split("=", 1)[1] for o in overrides if _key(o) == "env" and "=" in o]
-    if chosen:
-        return chosen[-1]
-    for entry in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"))["defaults"]:
-        if isinstance(entry, dict) and "env" in entry:
-            return str(entry["env"])
-    return "spread"
-
-
-def _check_env(cfg: DictConfig, overrides: list[str]) -> None:
-    """Each ``env.<key>=VALUE`` given: the type the key has in ``conf/env/<env>.yaml``, and its range."""
-    path = CONF_DIR / "env" / f"{_env_choice(overrides)}.yaml"
-    defaults = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
-    assert isinstance(defaults, dict)
-    for line in overrides:
-        key = _key(line)
-        if not key.startswith("env.") or line.startswith("~") or key == "env.kwargs":
-            continue
-        name = key.removeprefix("env.")
-        if "." in name:  # env.kwargs.<key>: free-form, unless the env's config gives it a plain value
-            head, _, sub = name.partition(".")
-            reference = defaults[head].get(sub) if isinstance(defaults.get(head), dict) else None
-            if expected_type(reference) is None:
-                continue
-        else:
-            reference = defaults.get(name)
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        check_env_value(key, value, reference,
-                        f" (the env's {name} is {shown(reference)})" if expected_type(reference) else "")
-
-
-COMM_RANGES = {"dropout": (0.0, 1.0), "size": (1, None), "rounds": (1, None), "bits": (0, None), "k": (1, None),
-               "radius": (0.0, None)}
-
-
-def check_comm_override(key: str, value: str) -> None:
-    """``marl eval PATH comm.<key>=VALUE``: a key of :class:`CommConfig`, of its type and in its range."""
-    import dataclasses
-
-    from marlcli.errors import ConfigError
-
-    fields = {f.name: f.default for f in dataclasses.fields(CommConfig)}
-    name = key.removeprefix("comm.")
-    if name not in fields:
-        raise ConfigError(f"unknown key '{key}'{suggest(key, [f'comm.{f}' for f in fields])}; "
-                          f"comm keys: {', '.join(fields)}")
-    parsed = parse_value(value)
-    if not fits(parsed, fields[name]):
-        raise ConfigError(f"{key}: {expected_type(fields[name])} is expected, got '{shown(parsed)}'")
-    low, high = COMM_RANGES.get(name, (None, None))
-    if (low is not None and parsed < low) or (high is not None and parsed > high):
-        span = f"between {low} and {high}" if high is not None else f"{low} or more"
-        raise ConfigError(f"{key} must be {span}, got {shown(parsed)}")

@@ -1,12 +1,19 @@
-"""Algorithm families: one module each, found by the ``family`` key of ``conf/algo/*.yaml``."""
+"""Algorithm families: one module each, found by the ``family`` key of ``conf/algo/*.yaml``.
+
+Each family module's ``Config`` dataclass is the schema of its ``conf/algo/*.yaml``; importing
+this package registers them with :mod:`marlcli.config` (which sits below the algorithms and so
+never imports them), so ``config.compose`` works in any process that imported the algorithms.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from types import ModuleType
 
 from omegaconf import DictConfig
 
+from marlcli import config
 from marlcli.envs.base import EnvSpec
 from marlcli.errors import ConfigError
 
@@ -57,3 +64,22 @@ def check_channel(spec: EnvSpec, cfg: DictConfig) -> None:
     if spec.teams and all(team.count(k) == 1 for k in team):
         raise ConfigError(f"comm={comm.type} on env={spec.name}: its players are opponents of one role (each "
                           "agent is a side of its own), so nobody has a teammate to message; use comm=none")
+
+
+def schemas() -> dict[str, type]:
+    """Each family's ``Config`` by module name (``ppo`` -> ``marlcli.algos.ppo.Config``)."""
+    out = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            schema = getattr(importlib.import_module(f"{__name__}.{info.name}"), "Config", None)
+            if schema is not None:
+                out[info.name] = schema
+    return out
+
+
+def register_schemas() -> None:
+    """Register every family's ``Config`` as ``algo/<module>_schema`` (idempotent)."""
+    config.register(schemas())
+
+
+register_schemas()  # at import: whoever can build an algorithm can compose its config (config cannot import us)

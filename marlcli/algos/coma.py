@@ -40,22 +40,22 @@ CAPS = Capabilities(discrete=True, continuous=False, on_policy=True)
 class Config:
     """COMA hyperparameters (schema of ``conf/algo/coma.yaml``)."""
 
-    name: str = "coma"
-    family: str = "coma"
-    rollout_steps: int = 25  # T: steps per env copy between updates
-    actor_lr: float = 0.001
-    critic_lr: float = 0.001
-    gamma: float = 0.95
+    name: str = "coma"  # algo name in the results tree
+    family: str = "coma"  # implementation module: marlcli/algos/coma.py
+    rollout_steps: int = 25  # steps per env copy between updates
+    actor_lr: float = 0.001  # Adam learning rate of the actors
+    critic_lr: float = 0.001  # Adam learning rate of the critic
+    gamma: float = 0.95  # discount
     td_lambda: float = 0.8  # lambda of the critic's TD(lambda) targets
     critic_epochs: int = 8  # critic passes over each rollout before the policy step
     actor_epochs: int = 2  # policy-gradient steps per rollout (1 = strictly on-policy)
     tau: float = 0.01  # Polyak rate of the target critic
     ent_coef: float = 0.01  # entropy bonus
-    norm_adv: bool = True  # standardize advantages over the rollout
-    max_grad_norm: float = 10.0
-    hidden: int = 64
-    layers: int = 2
-    activation: str = "relu"
+    norm_adv: bool = True  # standardize the counterfactual advantages over the rollout
+    max_grad_norm: float = 10.0  # gradient clipping
+    hidden: int = 64  # hidden units per layer
+    layers: int = 2  # hidden layers (actors and critic)
+    activation: str = "relu"  # relu | tanh | gelu
 
 
 class CounterfactualCritic(nn.Module):

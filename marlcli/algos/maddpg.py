@@ -37,24 +37,24 @@ CAPS = Capabilities(discrete=True, continuous=True, on_policy=False)
 class Config:
     """MADDPG hyperparameters (schema of ``conf/algo/maddpg.yaml``)."""
 
-    name: str = "maddpg"
-    family: str = "maddpg"
-    rollout_steps: int = 25  # T: steps per env copy between update phases
+    name: str = "maddpg"  # algo name in the results tree
+    family: str = "maddpg"  # implementation module: marlcli/algos/maddpg.py
+    rollout_steps: int = 25  # steps per env copy between update phases
     updates_per_rollout: int = 25  # gradient steps per update phase
-    buffer_size: int = 100_000  # transitions kept in replay
+    buffer_size: int = 100_000  # transitions kept in the replay buffer
     batch_size: int = 1024  # transitions per gradient step
-    learning_starts: int = 5_000  # env steps of uniform random actions before learning
-    actor_lr: float = 0.001
-    critic_lr: float = 0.001
-    gamma: float = 0.95
+    learning_starts: int = 5_000  # env steps of uniform random actions before learning starts
+    actor_lr: float = 0.001  # Adam learning rate of the actors
+    critic_lr: float = 0.001  # Adam learning rate of the critics
+    gamma: float = 0.95  # discount
     tau: float = 0.01  # Polyak rate of the target networks
-    noise_std: float = 0.1  # continuous: Gaussian exploration noise, as a fraction of the action range
-    gumbel_tau: float = 1.0  # discrete: Gumbel-softmax temperature
-    logit_reg: float = 0.001  # penalty on the actor's pre-activations (as the reference code)
-    max_grad_norm: float = 0.5
-    hidden: int = 64
-    layers: int = 2
-    activation: str = "relu"
+    noise_std: float = 0.1  # continuous actions: Gaussian exploration noise (fraction of the action range)
+    gumbel_tau: float = 1.0  # discrete actions: Gumbel-softmax temperature
+    logit_reg: float = 0.001  # penalty on the actors' pre-activations (reference implementation)
+    max_grad_norm: float = 0.5  # gradient clipping (actors and critics)
+    hidden: int = 64  # hidden units per layer
+    layers: int = 2  # hidden layers (actors and critics)
+    activation: str = "relu"  # relu | tanh | gelu
 
 
 class DeterministicActor(nn.Module):

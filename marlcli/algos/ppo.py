@@ -33,25 +33,25 @@ CAPS = Capabilities(discrete=True, continuous=True, on_policy=True, set_critic=T
 class Config:
     """PPO hyperparameters (schema of ``conf/algo/mappo.yaml`` and ``ippo.yaml``)."""
 
-    name: str = "mappo"
-    family: str = "ppo"
-    rollout_steps: int = 25  # T: steps per env copy between updates
-    lr: float = 7e-4
+    name: str = "mappo"  # algo name in the results tree
+    family: str = "ppo"  # implementation module: marlcli/algos/ppo.py
+    rollout_steps: int = 25  # steps per env copy between updates
+    lr: float = 7e-4  # Adam learning rate (actor and critic)
     lr_schedule: str = "constant"  # constant | linear (to lr_end at train.total_steps)
     lr_end: float = 0.0  # final learning rate of the linear schedule
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip: float = 0.2
-    epochs: int = 10
-    minibatches: int = 1
-    ent_coef: float = 0.01
-    vf_coef: float = 1.0
-    max_grad_norm: float = 10.0
-    value_norm: bool = True
-    hidden: int = 64
-    layers: int = 2
-    activation: str = "relu"
-    init_log_std: float = -0.5  # continuous actions: initial log std of the Gaussian
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE lambda
+    clip: float = 0.2  # PPO ratio clip
+    epochs: int = 10  # passes over each rollout
+    minibatches: int = 1  # minibatches per pass
+    ent_coef: float = 0.01  # entropy bonus
+    vf_coef: float = 1.0  # value loss weight
+    max_grad_norm: float = 10.0  # gradient clipping
+    value_norm: bool = True  # normalize value targets with running statistics
+    hidden: int = 64  # hidden units per layer
+    layers: int = 2  # hidden layers (actor and critic)
+    activation: str = "relu"  # relu | tanh | gelu
+    init_log_std: float = -0.5  # continuous actions: initial Gaussian log std
 
 
 class PolicyActor(nn.Module):

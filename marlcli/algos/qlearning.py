@@ -50,35 +50,35 @@ CAPS = Capabilities(discrete=True, continuous=False, on_policy=False, set_critic
 class Config:
     """Q-learning hyperparameters (schema of ``conf/algo/iql.yaml``, ``vdn.yaml``, ``qmix.yaml``)."""
 
-    name: str = "qmix"
-    family: str = "qlearning"
-    mixer: str = "qmix"  # none (IQL) | vdn | qmix
-    agent: str = "mlp"  # mlp | rnn (GRU, for partial observability)
-    rollout_steps: int = 25  # T: steps per env copy between updates
+    name: str = "qmix"  # algo name in the results tree
+    family: str = "qlearning"  # implementation module: marlcli/algos/qlearning.py
+    mixer: str = "qmix"  # none (IQL) | vdn (sum) | qmix (monotonic hypernetwork mixer)
+    agent: str = "mlp"  # mlp | rnn (GRU agent, for partial observability)
+    rollout_steps: int = 25  # steps per env copy between updates
     buffer_episodes: int = 5000  # replay capacity in whole episodes
     batch_episodes: int = 32  # episodes per gradient step
-    replay_ratio: float = 4.0  # episodes sampled per new episode (sets gradient steps per rollout)
+    replay_ratio: float = 4.0  # episodes sampled per new episode: gradient steps = new episodes x ratio / batch
     learning_starts: int = 32  # episodes in the buffer before learning starts
     lr: float = 0.003  # Adam learning rate
     lr_schedule: str = "constant"  # constant | linear (to lr_end at train.total_steps)
     lr_end: float = 0.0  # final learning rate of the linear schedule
-    adam_eps: float = 1e-5
-    gamma: float = 0.99
-    returns: str = "lambda"  # lambda (TD(λ)) | nstep
+    adam_eps: float = 1e-5  # Adam epsilon
+    gamma: float = 0.99  # discount
+    returns: str = "lambda"  # lambda (TD(λ) targets) | nstep
     td_lambda: float = 0.6  # λ of TD(λ) targets (0 = one-step)
-    nstep: int = 1  # n of n-step targets (returns=nstep)
-    double_q: bool = True  # choose next actions with the online net, value them with the target
-    target_update_interval: int = 20  # gradient steps between hard target copies (tau=1)
-    tau: float = 1.0  # 1 = hard copy every interval; < 1 = Polyak averaging after every step
-    eps_start: float = 1.0  # ε-greedy: initial exploration
-    eps_end: float = 0.05  # final exploration
-    eps_anneal_steps: int = 300_000  # env steps over which ε falls linearly
-    max_grad_norm: float = 10.0
-    standardise_rewards: bool = False  # divide rewards by their running std
-    last_action: bool = False  # append the agent's previous action (one-hot) to its input
-    optimism: bool = False  # hysteretic Q-learning: scale negative TD errors by neg_td_scale
-    neg_td_scale: float = 0.1  # weight of negative TD errors when optimism=true (β / α)
-    hidden: int = 64  # hidden units per layer (MLP) / GRU size
+    nstep: int = 1  # n of n-step targets when returns=nstep
+    double_q: bool = True  # next action from the online net, its value from the target net
+    target_update_interval: int = 20  # gradient steps between hard target copies (when tau=1)
+    tau: float = 1.0  # 1 = hard copies; < 1 = Polyak averaging after every gradient step
+    eps_start: float = 1.0  # ε-greedy exploration at the start
+    eps_end: float = 0.05  # ε after annealing
+    eps_anneal_steps: int = 300_000  # env steps (all copies) over which ε falls linearly
+    max_grad_norm: float = 10.0  # gradient clipping
+    standardise_rewards: bool = False  # divide rewards by their running standard deviation
+    last_action: bool = False  # append each agent's previous action (one-hot) to its input
+    optimism: bool = False  # hysteretic Q-learning: down-weight negative TD errors
+    neg_td_scale: float = 0.1  # weight of negative TD errors when optimism=true (β/α)
+    hidden: int = 64  # hidden units per layer (MLP) or GRU size
     layers: int = 2  # hidden layers of the MLP agent
     activation: str = "relu"  # relu | tanh | gelu
     mixer_embed: int = 32  # QMIX mixing-layer width

@@ -176,7 +176,7 @@ def test_still_one_line(cmd: str, args: list[str], phrase: str, world: dict[str,
 
 def test_valid_keys_are_not_refused() -> None:
     """The checks refuse only what is wrong: free-form factory kwargs (marl train passes env.kwargs.* as ++), ++ on a real key, a null-default key, env.N."""
-    from marlcli.config import compose_checked
+    from marlcli.overrides import compose_checked
 
     cfg = compose_checked(["++env.kwargs.foo=1", "+env.kwargs.bar=2", "++train.total_steps=5",
                            "env.num_agent_neighbors=2", "env.N=4", "env.local_ratio=1", "env.continuous_actions=true"])

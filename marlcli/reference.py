@@ -216,9 +216,13 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def composed(overrides: list[str]) -> dict[str, Any]:
-    """Every leaf of a composed config, unresolved, by dotted key."""
-    cfg = config.compose(overrides)
-    return _flat(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
+    """Every leaf of a composed config, unresolved, by dotted key (read-only: cached, a page composes each twice)."""
+    return _composed(tuple(overrides))
+
+
+@cache
+def _composed(overrides: tuple[str, ...]) -> dict[str, Any]:
+    return _flat(OmegaConf.to_container(config.compose(list(overrides)), resolve=False))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- rows

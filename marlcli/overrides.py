@@ -1,8 +1,9 @@
 """Override checks: a bad ``key=value`` (unknown key or option, wrong type, out of range) as one line.
 
-The one layer with :mod:`marlcli.config` (it uses its ``compose`` and schemas): ``marl train``
-composes through :func:`compose_checked`, and ``marl eval`` checks its ``env.<key>`` and
-``comm.<key>`` options with :func:`check_env_value` and :func:`check_comm_override` (issue 25).
+Just above :mod:`marlcli.config` (it uses its ``compose`` and schemas), below everything else:
+``marl train`` composes through :func:`compose_checked`, and ``marl eval`` checks its
+``env.<key>`` and ``comm.<key>`` options with :func:`check_env_value` and
+:func:`check_comm_override` (issue 25). Kept apart so config.py stays schemas and registration.
 """
 
 from __future__ import annotations

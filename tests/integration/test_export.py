@@ -19,8 +19,9 @@ from conftest import TINY, make_cfg
 
 from marlcli import export as ex
 from marlcli import results
-from marlcli.cli import evaluate_path
-from marlcli.export import evaluate_export, export_main
+from marlcli.algos import load_family
+from marlcli.evaluate import env_for_eval, evaluate_path, run_episodes
+from marlcli.export import evaluate_export, export_main, verify
 from marlcli.trainer import train
 
 RUNNER = Path(__file__).resolve().parents[2] / "examples" / "robot_runner.py"
@@ -143,10 +144,6 @@ def _run_robot(export_dir: Path, agent: str, obs: np.ndarray, tmp_path: Path) ->
 
 def _torch_episode(seed_dir: Path, agent: int) -> tuple[np.ndarray, np.ndarray]:
     """One real evaluation episode of the torch actor: agent ``agent``'s own observations and actions."""
-    from marlcli.algos import load_family
-    from marlcli.evaluate import run_episodes
-    from marlcli.trainer import env_for_eval
-
     payload = results.load_checkpoint(seed_dir)
     cfg = results.checkpoint_config(payload)
     env = env_for_eval(cfg, 1, 7, torch.device("cpu"))
@@ -218,13 +215,13 @@ def test_unexportable_actor(trained, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_parity_failure_is_loud(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    real = ex.run_file
+    real = verify.run_file
 
     def off_by_one(fmt, handle, policy, ins):  # a broken runtime: every action shifted
         out = real(fmt, handle, policy, ins)
         return [(out[0] + 1) % 5, *out[1:]]
 
-    monkeypatch.setattr(ex, "run_file", off_by_one)
+    monkeypatch.setattr(verify, "run_file", off_by_one)
     assert export_main([str(trained("mappo")), f"out={tmp_path / 'x'}", *FAST]) == 2
     _one_line_error(capsys, "parity check failed", "discrete agreement 0.00%", "nothing written")
     assert not (tmp_path / "x").exists()

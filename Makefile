@@ -37,8 +37,9 @@ test: $(STAMP) ## the CI suite: unit, integration and small learning tests
 
 test-all: test ## everything (same as test today)
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff + the import layers (lint-imports, contracts in pyproject.toml)
 	$(BIN)/ruff check marlcli tests experiments
+	$(BIN)/lint-imports --no-cache --no-logo
 
 format: $(STAMP) ## ruff format + import sorting
 	$(BIN)/ruff check --fix --select I marlcli tests experiments

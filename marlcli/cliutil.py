@@ -133,7 +133,7 @@ class Override:
 
 def parse_overrides(overrides: list[str]) -> list[Override]:
     """Parse with Hydra's own grammar (so ``range()``, ``choice()`` and quoting behave the same)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # deferred: keeps cliutil (`marl --help`) light
 
     out = []
     for o in OverridesParser.create().parse_overrides(overrides):
@@ -200,7 +200,7 @@ def variant_name(job_overrides: list[str], exclude: list[str]) -> str:
     prefixes and with anything outside ``[A-Za-z0-9._=,:+-]`` replaced by ``_`` so it is one
     safe path component. Stable: the same overrides give the same name in every sweep.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # deferred: keeps cliutil (`marl --help`) light
 
     parsed = OverridesParser.create().parse_overrides(job_overrides)
     lines = sorted(str(o.input_line) for o in parsed  # Hydra's own rule, and never a hydra.* setting
@@ -233,7 +233,7 @@ def available_cores() -> int:
 
 
 def visible_gpus() -> int:
-    import torch
+    import torch  # deferred: torch takes seconds to import; `marl --help` and argument errors need none
 
     return torch.cuda.device_count()
 
@@ -243,3 +243,21 @@ def parallel_jobs(jobs_per_gpu: int, gpus: int | None = None, cores: int | None 
     gpus = visible_gpus() if gpus is None else gpus
     cores = available_cores() if cores is None else cores
     return max(1, gpus * int(jobs_per_gpu) if gpus > 0 else cores)
+
+
+def threads_per_job(n_jobs: int, cores: int | None = None) -> int:
+    """Torch threads per job so ``n_jobs`` jobs do not oversubscribe the cores: cores // jobs, >= 1."""
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // max(1, int(n_jobs)))
+
+
+def job_threads(launcher_cfg: Any, jobs_per_gpu: int) -> int:
+    """Threads for one sweep job: Slurm's CPUs per task, else cores // the local launcher's n_jobs."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm:
+        return max(1, int(slurm))
+    try:
+        n_jobs = launcher_cfg.get("n_jobs")
+    except Exception:  # noqa: BLE001 - ${launcher.jobs_per_gpu} is outside HydraConfig's hydra-only copy
+        n_jobs = None
+    return threads_per_job(parallel_jobs(jobs_per_gpu) if n_jobs in (None, -1) else int(n_jobs))

@@ -39,17 +39,24 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 
-from marlcli import cliutil
-from marlcli.cliutil import available_cores, parallel_jobs, visible_gpus  # noqa: F401 - this module's API
+from marlcli import cliutil, results
+from marlcli.cliutil import available_cores, parallel_jobs, threads_per_job, visible_gpus  # noqa: F401 - this module's API
 from marlcli.config import compose, register_resolvers
-from marlcli.errors import ConfigError
+from marlcli.distributed.launch import train_or_launch as train
+from marlcli.errors import ConfigError, MarlError
+from marlcli.trainer import Stopped
 
 STATUS_FILE = "status.json"
 JOB_CONFIG = "job_config.yaml"
@@ -61,26 +68,7 @@ CHILD_PID = "child.pid"  # the pid of the job's training process, while it runs
 _CHILD: dict[str, Path] = {}  # the pid file of the job running in this process
 
 
-# ----------------------------------------------------------------------------- resources
-def threads_per_job(n_jobs: int, cores: int | None = None) -> int:
-    """Torch threads per job so ``n_jobs`` jobs do not oversubscribe the cores: cores // jobs, >= 1."""
-    cores = available_cores() if cores is None else cores
-    return max(1, cores // max(1, int(n_jobs)))
-
-
 register_resolvers()  # launcher workers unpickle run_job (importing this module) before they compose
-
-
-def _job_threads(launcher_cfg: Any, jobs_per_gpu: int) -> int:
-    """Threads for this job: Slurm's CPUs per task, else cores // the local launcher's n_jobs."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
-    if slurm:
-        return max(1, int(slurm))
-    try:
-        n_jobs = launcher_cfg.get("n_jobs")
-    except Exception:  # noqa: BLE001 - ${launcher.jobs_per_gpu} is outside HydraConfig's hydra-only copy
-        n_jobs = None
-    return threads_per_job(parallel_jobs(jobs_per_gpu) if n_jobs in (None, -1) else int(n_jobs))
 
 
 # ----------------------------------------------------------------------------- one job
@@ -94,15 +82,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     requeue, which continues with ``resume=auto``. Only submitit's requeue exit (``SystemExit``)
     and a KeyboardInterrupt leave this function, after the status is recorded.
     """
-    from hydra.core.hydra_config import HydraConfig
-
-    from marlcli import results
-
     hc = HydraConfig.get()
     job_num = int(hc.job.num)
     job_dir = Path(str(hc.runtime.output_dir))
     job_dir.mkdir(parents=True, exist_ok=True)
-    threads = _job_threads(hc.launcher, int(cfg.launcher.jobs_per_gpu))
+    threads = cliutil.job_threads(hc.launcher, int(cfg.launcher.jobs_per_gpu))
     exclude = list(hc.job.config.override_dirname.exclude_keys)
     if exclude and not cfg.get("variant"):  # started by `marl train -m`: one dir per configuration
         cfg.variant = cliutil.variant_name(list(hc.overrides.task), exclude)
@@ -153,11 +137,9 @@ def _stop_child_first(signal_delay_s: float) -> Any:
     keeps submitit's handlers; a requeued job then continues from its last periodic or
     ``train.checkpoint_minutes`` checkpoint), it does nothing.
     """
-    import threading
-
     if not os.environ.get("SUBMITIT_EXECUTOR") or threading.current_thread() is not threading.main_thread():
         return lambda: None
-    from submitit import JobEnvironment
+    from submitit import JobEnvironment  # deferred: submitit is needed only under the Slurm launcher
 
     requeue_sig = JobEnvironment._usr_sig()
     old = {sig: signal.getsignal(sig) for sig in (requeue_sig, signal.SIGTERM)}
@@ -186,10 +168,6 @@ def _stop_line(exc: BaseException, out: Path) -> str:
 
 
 def _run_here(cfg: DictConfig, job_num: int, threads: int) -> str | None:
-    import torch
-
-    from marlcli.distributed.launch import train_or_launch as train
-
     torch.set_num_threads(threads)
     os.environ["MARL_JOB_NUM"] = str(job_num)
     try:
@@ -264,11 +242,6 @@ def stop_child(wait_s: float) -> int | None:
 
 def _child_main(job_dir: Path) -> int:
     """``python -m marlcli.sweep JOB_DIR``: train the job's config; one error line on failure."""
-    import torch
-
-    from marlcli.distributed.launch import train_or_launch as train
-    from marlcli.trainer import Stopped
-
     torch.set_num_threads(int(os.environ.get("MARL_THREADS", "1")))
     cfg = OmegaConf.load(job_dir / JOB_CONFIG)
     (job_dir / CHILD_PID).write_text(f"{os.getpid()}\n")  # for stop_child in the job's launcher process
@@ -287,16 +260,12 @@ def _child_main(job_dir: Path) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    from marlcli.errors import MarlError
-
     text = " ".join(str(exc).split()) or "(no message)"
     return text if isinstance(exc, MarlError) else f"{type(exc).__name__}: {text}"
 
 
 def _write_status(job_dir: Path, record: dict[str, Any]) -> None:
-    from marlcli.results import atomic_write_text
-
-    atomic_write_text(job_dir / STATUS_FILE, json.dumps(record, indent=2) + "\n")
+    results.atomic_write_text(job_dir / STATUS_FILE, json.dumps(record, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- the parent side
@@ -318,8 +287,6 @@ def job_seed_dirs(overrides: list[str], exclude: list[str]) -> list[Path]:
 
     Composes once per distinct choice of the keys that name dirs (not once per seed).
     """
-    from marlcli import results
-
     parsed = cliutil.parse_overrides(overrides)
     cache: dict[tuple[str, ...], DictConfig] = {}
     dirs = []
@@ -346,8 +313,6 @@ def plan(overrides: list[str], exclude: list[str] | None = None) -> SweepPlan:
     job's dir already holds a run and the sweep does not say ``resume=auto``. Clears stale
     status files.
     """
-    from marlcli import results
-
     exclude = cliutil.hidden_keys(overrides) if exclude is None else exclude
     first = cliutil.jobs(overrides)[0]
     cfg = compose(first, hydra=True)
@@ -396,9 +361,6 @@ def read_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def summarize(p: SweepPlan, launcher_error: str | None = None) -> int:
     """Print the sweep's summary table; 1 if any job failed, was killed or never ran, else 0."""
-    from rich.console import Console
-    from rich.table import Table
-
     rows = read_statuses(p.sweep_dir)
     for r in rows:  # a job still "running" after the launcher returned died with its worker
         if r["status"] == "running":

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+from marlcli.envs import native, vmas
 from marlcli.envs.base import EnvSpec, TimeStep, VecEnv, role_of
+from marlcli.envs.pettingzoo import PettingZooVecEnv
+from marlcli.errors import ConfigError
 
 __all__ = ["EnvSpec", "TimeStep", "VecEnv", "make_env", "role_of"]
 
@@ -21,23 +24,15 @@ def make_env(env_cfg: DictConfig, num_envs: int, seed: int, device: torch.device
     ``marlcli.envs.native``) or ``pettingzoo`` (any ParallelEnv factory, stepped one
     copy at a time on the CPU) or ``vmas`` (VMAS scenarios, batched on any device).
     """
-    from marlcli.errors import ConfigError
-
     backend = env_cfg.get("backend", "pettingzoo")
     if backend == "native":
-        from marlcli.envs import native
-
         return native.make(env_cfg, num_envs, seed, device)
     if backend == "pettingzoo":
-        from marlcli.envs.pettingzoo import PettingZooVecEnv
-
         for key, default in NATIVE_ONLY.items():  # options mpe2 does not have: never ignore them silently
             if key in env_cfg and env_cfg.get(key) != default:
                 raise ConfigError(f"env.{key}={env_cfg.get(key)} exists only in the native env; use env.backend=native")
 
         return PettingZooVecEnv.from_config(env_cfg, num_envs, seed, device)
     if backend == "vmas":
-        from marlcli.envs import vmas
-
         return vmas.make(env_cfg, num_envs, seed, device)
     raise ConfigError(f"unknown env.backend '{backend}': use native, pettingzoo or vmas")

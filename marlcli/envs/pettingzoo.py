@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from marlcli.envs.base import EnvSpec, TimeStep, empty_step
 from marlcli.envs.outcome import OUTCOMES, game_of, teams_of
-from marlcli.errors import ConfigError
+from marlcli.errors import CheckpointError, ConfigError
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
@@ -98,8 +99,6 @@ class PettingZooVecEnv:
         max_cycles: int = 25,
         factory_spec: str = "",
     ) -> None:
-        from gymnasium import spaces
-
         try:
             self.envs = [factory(**kwargs) for _ in range(num_envs)]
         except TypeError as exc:
@@ -285,8 +284,6 @@ class PettingZooVecEnv:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> TimeStep:
         """Reset every copy with the seed its episode had, replay its actions: exact mid-episode."""
-        from marlcli.errors import CheckpointError
-
         episodes = state.get("episodes")
         if episodes is None or tuple(episodes.shape) != (self.num_envs,):
             raise CheckpointError(f"PettingZoo env state does not match {self.num_envs} env copies")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from pettingzoo import ParallelEnv
 from torch import Tensor
 
@@ -45,8 +46,6 @@ class RendezvousParallelEnv(ParallelEnv):
     metadata = {"name": "rendezvous_v0", "render_modes": []}
 
     def __init__(self, n: int = 4, target: float = 0.7, coupling: float = 1.0, bound: float = 2.0) -> None:
-        from gymnasium import spaces
-
         _check(int(n), float(bound))
         self.n, self.target, self.coupling, self.bound = int(n), float(target), float(coupling), float(bound)
         self.possible_agents = [f"agent_{i}" for i in range(self.n)]

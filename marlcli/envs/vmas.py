@@ -32,7 +32,8 @@ states and actions, the scenario) and saves every tensor attribute by path, plus
 RNG states and the step counters; ``load_state_dict`` copies them back in place. This is
 exact for VMAS's own scenarios (checked in ``tests/envs/test_contract.py`` for the
 scenarios listed there); a custom scenario that keeps state outside tensors (Python
-floats or lists changed while stepping) would not be restored.
+floats or lists changed while stepping) would not be restored. The walking is in
+``marlcli/envs/vmas_state.py``.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ import torch
 from torch import Tensor
 
 from marlcli.envs.base import EnvSpec, TimeStep, empty_step
+from marlcli.envs.pettingzoo import load_factory
+from marlcli.envs.vmas_state import RNG_KEYS, assign, rng_from_tensors, rng_to_tensors, tensors
 from marlcli.errors import CheckpointError, ConfigError
-
-RNG_KEYS = ("rng.torch", "rng.cuda", "rng.np_keys", "rng.np_gauss", "rng.py_keys", "rng.py_gauss")
 
 
 def _flat(obs: Any) -> Tensor:
@@ -64,8 +65,6 @@ def _scenario(name: str) -> Any:
     """A VMAS scenario file name (``navigation``), or ``package.module:Class`` for your own ``BaseScenario``."""
     if ":" not in name:
         return name
-    from marlcli.envs.pettingzoo import load_factory
-
     try:
         return load_factory(name)()
     except ConfigError:
@@ -79,8 +78,8 @@ class VMASEnv:
 
     def __init__(self, env_cfg: Any, num_envs: int, seed: int, device: torch.device,
                  dtype: torch.dtype = torch.float32) -> None:
-        import vmas
-        from vmas.simulator.environment import Environment
+        import vmas  # deferred: vmas (and its pyglet/gym stack) loads only when env.backend=vmas
+        from vmas.simulator.environment import Environment  # deferred: vmas loads only when env.backend=vmas
 
         self._shared_rng = Environment.vmas_random_state  # the list VMAS's local_seed swaps in
         self.num_envs, self.device = int(num_envs), torch.device(device)
@@ -255,9 +254,9 @@ class VMASEnv:
         return torch.stack([a.state.pos for a in self.env.agents], 1).to(torch.float32)
 
     def state_dict(self) -> dict[str, Tensor]:
-        out = {f"vmas.{k}": v.clone() for k, v in _tensors(self.env).items()}  # "vmas.@path": entity refs
+        out = {f"vmas.{k}": v.clone() for k, v in tensors(self.env).items()}  # "vmas.@path": entity refs
         out["t"] = self.t.clone()
-        out.update(_rng_to_tensors(self._rng, self._cuda_rng))
+        out.update(rng_to_tensors(self._rng, self._cuda_rng))
         return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> TimeStep:
@@ -269,12 +268,12 @@ class VMASEnv:
         entities = self.env.world.entities
         for k, v in state.items():  # entity references first: tensor paths may run through them
             if k.startswith("vmas.@"):
-                _assign(self.env, k[6:], entities[int(v[0])])
+                assign(self.env, k[6:], entities[int(v[0])])
         for k, v in state.items():
             if k.startswith("vmas.") and not k.startswith("vmas.@"):
-                _assign(self.env, k[5:], v.to(self.device))
+                assign(self.env, k[5:], v.to(self.device))
         self.t.copy_(state["t"])
-        self._rng, cuda = _rng_from_tensors(state)
+        self._rng, cuda = rng_from_tensors(state)
         if self._cuda_rng is not None and cuda is not None:
             self._cuda_rng = cuda
         obs, state_ = self._observe()
@@ -283,117 +282,6 @@ class VMASEnv:
 
     def close(self) -> None:
         return None
-
-
-# ---------------------------------------------------------------- state walking
-
-
-def _is_vmas(obj: Any) -> bool:
-    from vmas.simulator.scenario import BaseScenario
-
-    return isinstance(obj, BaseScenario) or type(obj).__module__.startswith("vmas.")
-
-
-def _children(obj: Any) -> Iterator[tuple[str, Any]]:
-    """``(token, child)`` pairs: attributes of VMAS objects, items of lists, tuples and dicts."""
-    if isinstance(obj, (list, tuple)):
-        yield from ((f"[{i}]", x) for i, x in enumerate(obj))
-    elif isinstance(obj, dict):
-        yield from ((f"{{{k!r}}}", x) for k, x in obj.items())
-    elif _is_vmas(obj) and hasattr(obj, "__dict__"):
-        yield from ((f".{k}", x) for k, x in vars(obj).items())
-
-
-def _tensors(root: Any) -> dict[str, Tensor]:
-    """Every tensor reachable from ``root`` through VMAS objects, by path (first path per object).
-
-    A reference to an entity of the world (speaker_listener's goal landmark, drawn at
-    reset) is state too: it is saved as ``@path`` -> the entity's index in the world."""
-    from vmas.simulator.core import Entity
-
-    out: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    entities = {id(e): i for i, e in enumerate(root.world.entities)}
-
-    def walk(obj: Any, path: str) -> None:
-        if isinstance(obj, Tensor):
-            out.setdefault(path, obj)
-            return
-        if isinstance(obj, Entity) and id(obj) in entities and path:
-            out[f"@{path}"] = torch.tensor([entities[id(obj)]])
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        for token, child in _children(obj):
-            walk(child, path + token)
-
-    walk(root, "")
-    return out
-
-
-def _assign(root: Any, path: str, value: Any) -> None:
-    """Put ``value`` at ``path`` (as ``_tensors`` names it): a tensor in place where one of that shape is."""
-    tokens, i = [], 0
-    while i < len(path):  # split ".name", "[3]", "{'key'}"
-        close = {".": None, "[": "]", "{": "}"}[path[i]]
-        j = i + 1
-        if close is None:
-            while j < len(path) and path[j] not in ".[{":
-                j += 1
-            tokens.append(path[i:j])
-        else:
-            j = path.index(close, i) + 1
-            tokens.append(path[i:j])
-        i = j
-    parent = root
-    for tok in tokens[:-1]:
-        parent = dict(_children(parent)).get(tok)
-        if parent is None:
-            return  # the saved object does not exist here (state outside tensors): nothing to restore
-    last = tokens[-1]
-    cur = dict(_children(parent)).get(last)
-    if not isinstance(value, Tensor):  # an entity reference
-        if last.startswith("."):
-            setattr(parent, last[1:], value)
-        return
-    if isinstance(cur, Tensor) and cur.shape == value.shape and cur.dtype == value.dtype:
-        try:
-            cur.copy_(value)
-            return
-        except RuntimeError:  # an expanded view: replace it instead
-            pass
-    if last.startswith("."):
-        setattr(parent, last[1:], value.clone())
-    elif isinstance(parent, list):
-        parent[int(last[1:-1])] = value.clone()
-    elif isinstance(parent, dict):
-        for k in parent:
-            if f"{{{k!r}}}" == last:
-                parent[k] = value.clone()
-
-
-def _rng_to_tensors(rng: list[Any], cuda: Tensor | None) -> dict[str, Tensor]:
-    _, keys, pos, has_gauss, gauss = rng[1]
-    version, py_keys, py_gauss = rng[2]
-    return {
-        "rng.torch": rng[0].clone(),
-        **({"rng.cuda": cuda.clone()} if cuda is not None else {}),
-        "rng.np_keys": torch.as_tensor(np.append(keys.astype(np.int64), [pos, has_gauss])),
-        "rng.np_gauss": torch.tensor([gauss], dtype=torch.float64),
-        "rng.py_keys": torch.tensor([version, *py_keys], dtype=torch.int64),
-        "rng.py_gauss": torch.tensor([float("nan") if py_gauss is None else py_gauss], dtype=torch.float64),
-    }
-
-
-def _rng_from_tensors(state: dict[str, Tensor]) -> tuple[list[Any], Tensor | None]:
-    np_keys = state["rng.np_keys"].cpu().numpy()
-    np_state = ("MT19937", np_keys[:-2].astype(np.uint32), int(np_keys[-2]), int(np_keys[-1]),
-                float(state["rng.np_gauss"][0]))
-    py = state["rng.py_keys"].cpu().tolist()
-    gauss = float(state["rng.py_gauss"][0])
-    py_state = (py[0], tuple(py[1:]), None if np.isnan(gauss) else gauss)
-    cuda = state.get("rng.cuda")
-    return [state["rng.torch"].cpu().clone(), np_state, py_state], None if cuda is None else cuda.cpu().clone()
 
 
 def make(env_cfg: Any, num_envs: int, seed: int, device: torch.device) -> VMASEnv:

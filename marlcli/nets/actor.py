@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from marlcli.envs.base import EnvSpec
 from marlcli.errors import ConfigError
+from marlcli.nets.comm import wrap
 from marlcli.nets.mlp import GroupLinear, agent_groups, with_agent_id
 
 ENCODERS = ("mlp", "deepsets", "attention")
@@ -123,8 +124,6 @@ def make_encoder(spec: EnvSpec, cfg: object, add_id: bool | None = None, extra: 
     base = _base_encoder(spec, cfg, add_id, extra)
     if not channel:
         return base
-    from marlcli.nets.comm import wrap
-
     return wrap(base, spec, cfg, agent_groups(str(cfg.sharing.mode), spec))  # type: ignore[attr-defined]
 
 

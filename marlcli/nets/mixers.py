@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from marlcli.errors import ConfigError
+
 
 class VDNMixer(nn.Module):
     """``Q_tot = sum_i Q_i`` (the state is ignored)."""
@@ -76,8 +78,6 @@ def make_mixer(kind: str, n_agents: int, state_dim: int, embed: int = 32, hyper_
                set_obs_dim: int | None = None) -> nn.Module | None:
     """``none`` (independent learners) -> None, ``vdn`` or ``qmix`` (over the agents' observations when
     ``set_obs_dim`` is given: ``critic.arch=set``)."""
-    from marlcli.errors import ConfigError
-
     if kind == "none":
         return None
     if kind == "vdn":

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from marlcli import results
+from marlcli.errors import CheckpointError
 
 MEMBER_FORMAT = "marlcli-pool-member-v1"
 SEED_OFFSET = 7_919  # the league's draws never share a stream with the env or the learner
@@ -235,8 +236,6 @@ def fit_elo(score: np.ndarray, games: np.ndarray, prior: float = 1.0) -> tuple[n
 
 def load_member(path: Path) -> dict[str, Any]:
     """A ``pool/member_<id>.pt`` file (weights only; no code runs) -> its dict."""
-    from marlcli.errors import CheckpointError
-
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001

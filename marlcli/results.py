@@ -1,4 +1,4 @@
-"""The results tree, the metrics writer and checkpoint I/O (a contract other tools read)::
+"""The results tree, the metrics writer and resume preparation (a contract other tools read)::
 
     <results_dir>/<env name>/<algo name>/<run>/[<variant>/]seed_<seed>/
         config.yaml      fully resolved config
@@ -12,52 +12,68 @@
 ``<variant>`` is the configuration of a sweep job, named by the swept keys
 (``critic=independent,sharing=none``); single runs have none (issue 16).
 
-Every file is written with the user's umask (issue 25: a shared cluster dir stays readable to
-collaborators), and a write that fails (a full disk, a read-only or foreign-owned dir) raises
-:class:`WriteError`, one line naming the file and the cause, and never leaves a torn file.
-
-Checkpoints never run code (issue 16): ``torch.load(weights_only=True)`` unpickles tensors
-and plain containers only, and :func:`checkpoint_config` refuses a config that would make
-marlcli import a module the checkpoint names: ``algo.family`` must be a module of
-``marlcli.algos`` and ``env.factory`` one built into marlcli (see :func:`builtin_factory`)
-or one the user gave on the command line.
+Files are written through ``marlcli.files`` (atomic, with the user's umask, :class:`WriteError`
+in one line), checkpoints through ``marlcli.checkpoints`` (the typed :class:`Checkpoint`, its
+files and which configs it may name); both are re-exported here, so ``results.load_checkpoint``,
+``results.WriteError`` and the rest keep working for every caller.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import io
+import importlib
 import json
 import math
 import os
 import pkgutil
 import re
-import secrets
-import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import marlcli.algos
+from marlcli.checkpoints import (  # noqa: F401 - re-exported: results.load_checkpoint & co. stay where callers look
+    CHECKPOINT_FORMAT,
+    EVAL_KEYS,
+    RESUME_KEYS,
+    Checkpoint,
+    RunState,
+    checkpoint_step,
+    checkpoints_newest_first,
+    find_seed_dirs,
+    load_checkpoint,
+    newest_readable,
+    resolve_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from marlcli.cliutil import safe_name
-from marlcli.errors import CheckpointError, TrainingError
+from marlcli.config import CONF_DIR, RootConfig
+from marlcli.errors import CheckpointError, ConfigError
+from marlcli.files import (  # noqa: F401 - re-exported
+    WriteError,
+    atomic_write,
+    atomic_write_text,
+    describe,
+    io_error,
+    remove,
+    writing,
+)
 
-CHECKPOINT_FORMAT = "marlcli-checkpoint/1"
+_atomic_write = atomic_write  # the name selfplay.league writes its pool files with
 DONE_FILE = "done"  # written when a run reached train.total_steps
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", DONE_FILE)  # any of them: the dir holds a run
 # what the run's results describe (its evaluations, exports, self-play pool, wandb files): stale once the run
 # restarts or branches off an earlier checkpoint
 DERIVED_FILES = ("eval.json", "eval_comm.json", "export")
 SEED_FILES = (*RUN_FILES, "train.log", *DERIVED_FILES, "pool", "wandb")  # every file a run writes in its seed dir
-# payload keys: what ``marl eval`` needs, and what ``resume=`` needs on top
-EVAL_KEYS = {"step": int, "config": str, "actor": dict}
-RESUME_KEYS = {**EVAL_KEYS, "learner": dict, "env": dict, "counters": dict, "track": dict, "rng": dict}
 
 
+# ----------------------------------------------------------------------------- run dirs
 def seed_dir(cfg: DictConfig) -> Path:
     """``<results_dir>/<env>/<algo>/<run>/[<variant>/]seed_<k>``: one dir per configuration and seed."""
     run = Path(cfg.results_dir) / str(cfg.env.name) / str(cfg.algo.name) / str(cfg.run)
@@ -87,7 +103,7 @@ def holds_run(path: Path) -> bool:
 def clear_run(path: Path) -> None:
     """Remove an earlier run's files from a seed dir, so a fresh start leaves no stale state."""
     for name in SEED_FILES:
-        _remove(path / name)
+        remove(path / name)
 
 
 def forget_after(path: Path, step: int, source: Path | None = None) -> None:
@@ -98,106 +114,22 @@ def forget_after(path: Path, step: int, source: Path | None = None) -> None:
     branch's ``latest.pt``, and ``resume=<dir>`` or ``marl eval`` would load that branch (issue 25).
     """
     for name in (DONE_FILE, *DERIVED_FILES):
-        _remove(path / name)
+        remove(path / name)
     ckpt = path / "checkpoints"
     for p in ckpt.glob("step_*.pt"):
-        if _ckpt_step(p) > step:
-            _remove(p)
+        if checkpoint_step(p) > step:
+            remove(p)
     latest = ckpt / "latest.pt"
     if source is not None and source.is_file() and not (latest.exists() and source.samefile(latest)):
         data = source.read_bytes()
-        _atomic_write(latest, lambda f: f.write(data))
-
-
-def _remove(p: Path) -> None:
-    with writing(p):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
+        atomic_write(latest, lambda f: f.write(data))
 
 
 def write_config(path: Path, cfg: DictConfig) -> None:
     atomic_write_text(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
-class WriteError(TrainingError):
-    """A results file that could not be written (full disk, read-only or foreign-owned dir): one line."""
-
-
-def io_error(path: Path, exc: OSError) -> WriteError:
-    """``cannot write <path>: no space left on device``: the file and the cause, in words."""
-    if exc.errno is not None:
-        why = os.strerror(exc.errno)
-        why = why[:1].lower() + why[1:]
-        name = errno.errorcode.get(exc.errno)
-        why = f"{why} ({name})" if name else why
-    else:
-        why = describe(exc)
-    return WriteError(f"cannot write {path}: {why}")
-
-
-@contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Turn an ``OSError`` raised while writing ``path`` into a one-line :class:`WriteError`."""
-    try:
-        yield
-    except OSError as exc:
-        raise io_error(path, exc) from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a temp file, fsync it, rename it over ``path``: a crash leaves the old or the new file."""
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """The temp file is created with mode 0666 minus the umask, as ``open()`` would create ``path``.
-
-    (``tempfile.mkstemp`` makes it 0600 whatever the umask, and the rename kept that mode: results
-    on a shared dir were unreadable to collaborators; issue 25.) Any ``OSError`` (``ENOSPC``,
-    ``EROFS``, ``EACCES``) removes the temp file, leaves ``path`` as it was, and is raised as a
-    :class:`WriteError` naming ``path``.
-    """
-    with writing(path):
-        tmp, fd = _create_temp(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
-
-
-def _create_temp(path: Path) -> tuple[Path, int]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return tmp, os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where dirs cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
+# ----------------------------------------------------------------------------- metrics.jsonl
 class MetricsWriter:
     """Appends one JSON line per record, straight to the file (nothing is lost on a crash).
 
@@ -257,105 +189,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, payload: dict[str, Any], keep: int = 0) -> Path:
-    """Write ``step_<n>.pt`` and ``latest.pt`` atomically (temp file, fsync, rename; no temp left on error).
-
-    The payload is serialized in memory first and written as one buffer: a full disk then
-    fails in that write, as ``WriteError: cannot write .../step_<n>.pt: no space left on
-    device``, instead of inside torch's zip writer as ``unexpected pos 274496 vs 274384``.
-    ``step_<n>.pt`` goes first, so a failure leaves ``latest.pt`` at the previous checkpoint.
-    """
-    with writing(ckpt_dir):
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, "step": step, **payload}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    data = buf.getbuffer()
-    target = ckpt_dir / f"step_{step}.pt"
-    for path in (target, ckpt_dir / "latest.pt"):
-        _atomic_write(path, lambda f: f.write(data))
-    if keep > 0:
-        olds = sorted(ckpt_dir.glob("step_*.pt"), key=_ckpt_step)
-        for p in olds[:-keep]:
-            _remove(p)
-    return target
-
-
-def _ckpt_step(path: Path) -> int:
-    tail = path.stem.rpartition("_")[2]
-    return int(tail) if tail.isdigit() else -1
-
-
-def load_checkpoint(path: Path, need: dict[str, type] = EVAL_KEYS) -> dict[str, Any]:
-    """Load safely (``weights_only=True``: no code in the file runs) and check format and keys.
-
-    A dir means its newest readable checkpoint (``latest.pt``, else the highest ``step_<n>.pt``).
-    Anything malformed raises ``CheckpointError`` with one line.
-    """
-    if path.is_dir():
-        return newest_readable(path, need)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}; point at a seed dir or a .pt file of a marl run")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} is not a readable marlcli checkpoint ({type(exc).__name__}); "
-            "it may be truncated or from another tool"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a marlcli checkpoint (format tag missing)")
-    for key, kind in need.items():
-        if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
-            got = "missing" if key not in payload else type(payload[key]).__name__
-            raise CheckpointError(f"{path} is not a complete marlcli checkpoint ('{key}' is {got})")
-    payload["_path"] = str(path)
-    return payload
-
-
-def checkpoints_newest_first(path: Path) -> list[Path]:
-    """``latest.pt`` then ``step_<n>.pt`` by decreasing n, under a seed dir or a checkpoints dir."""
-    ckpt = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(ckpt.glob("step_*.pt"), key=_ckpt_step, reverse=True)
-    return [p for p in (ckpt / "latest.pt", *steps) if p.is_file()]
-
-
-def newest_readable(path: Path, need: dict[str, type] = EVAL_KEYS) -> dict[str, Any]:
-    """The newest checkpoint of a seed dir that loads, skipping (and naming) unreadable ones.
-
-    A crash or a full disk can leave ``latest.pt`` truncated while ``step_<n>.pt`` is fine.
-    """
-    errors = []
-    for cand in checkpoints_newest_first(path):
-        try:
-            payload = load_checkpoint(cand, need)
-        except CheckpointError as exc:
-            errors.append(str(exc))
-            continue
-        for err in errors:
-            print(f"marl: warning: skipped {err}", file=sys.stderr)
-        return payload
-    if errors:
-        raise CheckpointError(errors[0] + f" (and no other readable checkpoint under {path})")
-    raise CheckpointError(f"no checkpoint under {path} (expected checkpoints/latest.pt)")
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A seed dir -> its ``checkpoints/latest.pt`` (or its newest ``step_<n>.pt``)."""
-    found = checkpoints_newest_first(path)
-    if not found:
-        raise CheckpointError(f"no checkpoint under {path} (expected checkpoints/latest.pt)")
-    return found[0]
-
-
-def find_seed_dirs(path: Path) -> list[Path]:
-    """Every ``seed_*`` dir at or below ``path`` that holds a checkpoint."""
-    if (path / "checkpoints").is_dir():
-        return [path]
-    return sorted(p.parent.parent for p in path.rglob("checkpoints/latest.pt"))
-
-
-def checkpoint_config(payload: dict[str, Any], trusted: Iterable[str] = (),
+# ----------------------------------------------------------------------------- which configs a checkpoint may name
+def checkpoint_config(payload: Mapping[str, Any], trusted: Iterable[str] = (),
                       overrides: dict[str, str] | None = None) -> DictConfig:
     """The checkpoint's config, checked so that building its env and algorithm runs no foreign code.
 
@@ -365,8 +200,6 @@ def checkpoint_config(payload: dict[str, Any], trusted: Iterable[str] = (),
     with marlcli's schemas, an unknown ``algo.family`` or a foreign ``env.factory`` raises
     ``CheckpointError`` (one line).
     """
-    from marlcli.config import RootConfig
-
     where = payload.get("_path", "the checkpoint")
     overrides = overrides or {}
     trusted = {*trusted, *([overrides["env.factory"]] if "env.factory" in overrides else [])}
@@ -388,9 +221,7 @@ def checkpoint_config(payload: dict[str, Any], trusted: Iterable[str] = (),
     if family not in known_families():
         raise CheckpointError(f"{where}: its config names algo.family '{family}', which is not one of marlcli's "
                               f"({', '.join(sorted(known_families()))})")
-    try:
-        import importlib
-
+    try:  # a module of marlcli.algos (checked just above), so importing it runs only marlcli's code
         schema = importlib.import_module(f"marlcli.algos.{family}").Config
         OmegaConf.merge(OmegaConf.structured(schema), cfg.algo)
     except Exception as exc:  # noqa: BLE001
@@ -427,9 +258,7 @@ def apply_overrides(raw: DictConfig, overrides: dict[str, str]) -> None:
 
 def known_families() -> set[str]:
     """Modules of ``marlcli.algos`` (found without importing them)."""
-    import marlcli.algos as algos
-
-    return {m.name for m in pkgutil.iter_modules(algos.__path__) if m.name != "base"}
+    return {m.name for m in pkgutil.iter_modules(marlcli.algos.__path__) if m.name != "base"}
 
 
 MPE2_FACTORY = re.compile(r"mpe2\.[a-z0-9_]+_v[0-9]+:(parallel_env|env|raw_env)")
@@ -445,8 +274,6 @@ def builtin_factory(spec: str) -> bool:
 
 
 def conf_factories() -> set[str]:
-    from marlcli.config import CONF_DIR
-
     out = set()
     for path in (CONF_DIR / "env").glob("*.yaml"):
         factory = OmegaConf.load(path).get("factory")
@@ -455,16 +282,92 @@ def conf_factories() -> set[str]:
     return out
 
 
-def restore(module: Any, state: Any, what: str, payload: dict[str, Any]) -> Any:
-    """``module.load_state_dict(state)`` with missing keys or wrong shapes as one-line ``CheckpointError``."""
-    try:
-        return module.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001 - RuntimeError, KeyError, TypeError ... from a foreign file
-        raise CheckpointError(f"{payload.get('_path', 'the checkpoint')}: its {what} state does not fit "
-                              f"({describe(exc)})") from None
+# ----------------------------------------------------------------------------- resume preparation
+def prepare(cfg: DictConfig, given: list[str] | None = None) -> tuple[DictConfig, Checkpoint | None]:
+    """Apply ``resume``: returns the config to run and the checkpoint to continue from.
+
+    ``given``: the command line's overrides (``key=value``; the CLI passes them). With
+    ``resume=<dir>`` a given key whose value differs from the saved run's is refused (issue 25:
+    ``algo=qmix resume=<a mappo run>`` used to be ignored silently); the keys of
+    ``RESUME_FREE`` may differ, and those of ``RESUME_HONOURED`` are taken from today's command.
+    """
+    resume = cfg.get("resume")
+    if not resume:
+        return cfg, None
+    trusted = [str(cfg.env.get("factory") or "")]  # the factory of today's command line (or marlcli's conf)
+    if resume == "auto":  # multirun: skip finished seeds, continue from the newest readable checkpoint
+        out = seed_dir(cfg)
+        if (out / DONE_FILE).exists() or not checkpoints_newest_first(out):
+            return cfg, None
+        try:
+            ckpt = load_checkpoint(out, RESUME_KEYS)
+        except CheckpointError as exc:  # nothing readable: start fresh (train() clears the dir)
+            print(f"marl: warning: resume=auto starts {out} afresh: {exc}", file=sys.stderr)
+            return cfg, None
+        _same_run(checkpoint_config(ckpt, trusted), cfg, out)
+        return cfg, ckpt
+    ckpt = load_checkpoint(Path(str(resume)), RESUME_KEYS)
+    saved = checkpoint_config(ckpt, trusted)
+    given = [o.split("=", 1)[0].lstrip("+~") for o in given or []]
+    _refuse_conflicts(saved, cfg, given, str(resume))
+    # continue the saved run; a larger train.total_steps extends it, logger settings are today's
+    saved.train.total_steps = max(int(saved.train.total_steps), int(cfg.train.total_steps))
+    saved.logger = cfg.logger
+    for key in RESUME_HONOURED:
+        if key in given and OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+    saved.resume = None
+    assert ckpt.path is not None
+    saved.results_dir = results_root(ckpt.path, saved)  # a moved tree resumes where it is
+    return saved, ckpt
 
 
-def describe(exc: BaseException) -> str:
-    """An exception as one short line: its type and its message with whitespace collapsed."""
-    text = " ".join(str(exc).split())
-    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
+# keys a resume=<dir> command may give with any value (train.total_steps: a larger one extends the run;
+# run: `marl train` adds a fresh run name; logger, device and checkpoint settings do not change what is learnt)
+RESUME_FREE = ("logger.", "logger", "resume", "device", "launcher.", "launcher", "results_dir", "train.total_steps",
+               "dist.", "dist", "run", "hydra.", "hydra", "train.checkpoint_interval", "train.keep_checkpoints",
+               "train.checkpoint_minutes")
+RESUME_HONOURED = ("device", "train.checkpoint_interval", "train.keep_checkpoints", "train.checkpoint_minutes")
+# what names a config group's choice: `algo=qmix` conflicts with a saved algo.name of mappo
+GROUP_ID = {"env": ("name",), "algo": ("name",), "critic": ("type", "arch"), "sharing": ("mode",),
+            "actor": ("type",), "comm": ("type",), "selfplay": ("mode",)}
+
+
+def _refuse_conflicts(saved: DictConfig, cfg: DictConfig, given: list[str], where: str) -> None:
+    """One line naming the first given key whose value is not the saved run's (resume=<dir> continues that run)."""
+    for key in given:
+        key = key.lstrip("+~")
+        if key in RESUME_FREE or key.startswith(tuple(k for k in RESUME_FREE if k.endswith("."))):
+            continue
+        for path in [f"{key}.{f}" for f in GROUP_ID[key]] if key in GROUP_ID else [key]:
+            a, b = _plain_value(OmegaConf.select(saved, path)), _plain_value(OmegaConf.select(cfg, path))
+            if a != b:
+                shown = key if key in GROUP_ID and path == f"{key}.{GROUP_ID[key][0]}" else path
+                raise ConfigError(f"resume={where} continues a run trained with {shown}={a}, not {shown}={b}; "
+                                  f"drop {key}= to continue it as it was (only train.total_steps, logger.*, device and "
+                                  "checkpoint settings may change), or start a new run without resume=")
+
+
+def _plain_value(v: Any) -> Any:
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
+def _same_run(saved: DictConfig, cfg: DictConfig, out: Path) -> None:
+    """resume=auto continues a run only under the config it was started with (issue 16)."""
+    ignore = ("logger.", "resume", "device", "launcher.", "results_dir", "train.total_steps", "dist.",
+              "train.checkpoint_minutes")
+    a, b = _flat(OmegaConf.to_container(saved, resolve=True)), _flat(OmegaConf.to_container(cfg, resolve=True))
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(ignore)]
+    if diff:
+        raise ConfigError(f"resume=auto: {out} was started with {diff[0]}={a.get(diff[0])!r}, not "
+                          f"{b.get(diff[0])!r}; continue it as it was with resume={out}, or start a new run with "
+                          "run=NAME")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from marlcli.files import atomic_write_text, writing
+
 
 class Tracker:
     """Progress bar + a short table at each evaluation + plain log file + optional wandb."""
@@ -27,8 +29,6 @@ class Tracker:
         self.logger.propagate = False
         if resumed:
             trim_log(out / "train.log", keep_until_step)
-        from marlcli.results import writing
-
         with writing(out / "train.log"):  # a read-only results dir: one line, not a traceback
             self._handler = QuietFileHandler(out / "train.log", mode="a" if resumed else "w")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -111,8 +111,6 @@ def trim_log(path: Path, keep_until_step: int) -> None:
 
     Without this a resumed run logs steps after the checkpoint twice (issue 16).
     """
-    from marlcli.results import atomic_write_text
-
     if not path.exists():
         return
     kept = []
@@ -130,7 +128,7 @@ def _fmt(v: Any) -> str:
 
 def _init_wandb(cfg: DictConfig, out: Path) -> Any:
     """One wandb run per seed, grouped by env/algo/run; offline unless the user configured it."""
-    import wandb
+    import wandb  # deferred: wandb is optional and slow to import (logger.wandb=true only)
 
     mode = cfg.logger.wandb_mode or os.environ.get("WANDB_MODE") or "offline"
     return wandb.init(

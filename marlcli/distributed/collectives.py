@@ -4,7 +4,9 @@ One run, K processes ("ranks"), each stepping its share of ``env.num_envs`` env 
 from (seed, rank). Before every optimizer step the gradients are averaged over the ranks (one
 flattened all-reduce, as DDP does), running statistics are reduced, and the initial parameters
 are broadcast from rank 0 -- so every rank holds bitwise the same parameters at every step.
-Rank 0 alone writes the results tree, evaluates and checkpoints.
+Rank 0 alone writes the results tree, evaluates and checkpoints; how a checkpoint holds every
+rank's own state (env copies, RNG, replay) is ``marlcli.checkpoints.Checkpoint.gathered`` /
+``for_this_rank``, built on :func:`gather_to_main`.
 
 Launching (``marlcli.distributed.launch``, above the trainer) goes through torch's own launcher
 (the elastic agent behind ``torchrun``): ``marl train dist.nproc_per_node=K`` starts K copies of
@@ -43,7 +45,6 @@ RANK_SEED_STRIDE = 10_000_019  # rank r's env copies and RNG start at seed + r *
 # Global sizes that each rank holds a 1/K share of: env copies, replay capacity and batches.
 SPLIT_KEYS = ("env.num_envs", "algo.batch_episodes", "algo.buffer_episodes", "algo.buffer_size", "algo.batch_size")
 SPLIT_EXACT = ("env.num_envs", "algo.batch_episodes", "algo.batch_size")  # must divide by K (same global batch)
-RANK_LOCAL_LEARNER_KEYS = ("replay", "credit")  # learner state that differs per rank (checkpointed per rank)
 _OWNED = {"group": False, "broken": False}  # setup() started the group (teardown() may end it); a collective failed
 
 
@@ -99,7 +100,7 @@ def _slurm_env() -> None:
     if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
         return
     try:
-        from submitit.helpers import TorchDistributedEnvironment
+        from submitit.helpers import TorchDistributedEnvironment  # deferred: submitit is optional (Slurm jobs only)
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     except Exception as exc:  # noqa: BLE001 - not a submitit job: say what is missing
@@ -318,51 +319,7 @@ def check_in_sync(algo: Any) -> None:
                             "data-parallel training lost sync (a bug; please report it)")
 
 
-# ----------------------------------------------------------------------------- checkpoints
-PER_RANK_KEYS = ("env", "hidden", "track", "rng")
-
-
-def gather_rank_states(payload: dict[str, Any]) -> dict[str, Any]:
-    """Rank 0's checkpoint plus ``ranks``: every other rank's env, RNG, tracker and replay.
-
-    The top-level keys stay rank 0's (a K-process checkpoint reads like a 1-process one);
-    ``world`` records K so a resume can tell whether the per-rank states fit.
-    """
-    if not active():
-        return payload
-    mine = {k: payload.get(k) for k in PER_RANK_KEYS}
-    mine["learner"] = {k: v for k, v in payload["learner"].items() if k in RANK_LOCAL_LEARNER_KEYS}
-    states = gather_to_main(mine)
-    if states is None:
-        return payload
-    return {**payload, "world": world_size(), "ranks": states[1:]}
-
-
-def for_this_rank(payload: dict[str, Any], algo: Any, env: Any, track: dict[str, Tensor]) -> dict[str, Any]:
-    """The checkpoint as this rank must restore it.
-
-    Same number of processes: rank r takes its own env, RNG, tracker and replay (exact resume
-    on CPU). A different number: the shared networks, optimizers and counters continue, each
-    rank's env copies, replay and RNG start afresh (rank 0 prints one warning).
-    """
-    saved = int(payload.get("world", 1))
-    k, r = world_size(), rank()
-    if saved == k:
-        if r == 0:
-            return payload
-        mine = payload["ranks"][r - 1]
-        learner = {**payload["learner"], **mine["learner"]}
-        return {**payload, **{key: mine.get(key) for key in PER_RANK_KEYS}, "learner": learner}
-    if r == 0:
-        print(f"marl: warning: {payload.get('_path', 'the checkpoint')} was written by {saved} process(es), this run "
-              f"has {k}: networks, optimizers and counters continue; env copies, replay and RNG start afresh "
-              "(not an exact continuation)", file=sys.stderr)
-    fresh = algo.state_dict()
-    learner = {**payload["learner"], **{key: fresh[key] for key in RANK_LOCAL_LEARNER_KEYS if key in fresh}}
-    rng = {"torch": torch.get_rng_state()}
-    return {**payload, "env": env.state_dict(), "hidden": None, "track": track, "rng": rng, "learner": learner}
-
-
+# ----------------------------------------------------------------------------- ranks > 0
 class Silent:
     """Stands in for the metrics writer and tracker on ranks > 0: only rank 0 writes."""
 

@@ -16,15 +16,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from marlcli import results
 from marlcli.cliutil import fail
 from marlcli.config import RootConfig
 from marlcli.distributed.collectives import HUNG_DIR, CollectiveError, active, quick_exit
 from marlcli.errors import ConfigError, MarlError, TrainingError
-from marlcli.trainer import prepare, train
+from marlcli.runtime import use_threads
+from marlcli.trainer import train
 
 
 def train_or_launch(cfg: DictConfig, **kwargs: Any) -> Path:
@@ -48,9 +50,6 @@ def launch(cfg: DictConfig) -> Path:
     Standalone rendezvous on localhost (what ``torchrun --standalone`` does), no restarts: a
     rank that fails ends the run, the agent stops the others at once, and this raises one line.
     """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     k = int(cfg.dist.nproc_per_node)
     if int(cfg.env.num_envs) % k:
         raise ConfigError(f"env.num_envs={cfg.env.num_envs} does not split over dist.nproc_per_node={k} processes")
@@ -82,7 +81,7 @@ def _seed_dir(cfg: DictConfig) -> Path:
     """The seed dir the ranks wrote to (a resumed run's own dir, not a fresh one)."""
 
     try:
-        return results.seed_dir(prepare(cfg)[0])
+        return results.seed_dir(results.prepare(cfg)[0])
     except Exception:  # noqa: BLE001 - only for the message
         return results.seed_dir(cfg)
 
@@ -120,7 +119,7 @@ def _failure_line(exc: Any, k: int, out: Path, hung: bool = False, timeout: floa
 def worker_main(argv: list[str]) -> int:
     """One rank started by :func:`launch`: ``python -m marlcli.distributed.launch CONFIG.yaml``."""
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    use_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = OmegaConf.merge(OmegaConf.structured(RootConfig), OmegaConf.load(argv[0]))  # typed, as Hydra composes it
     try:
         train(cfg)

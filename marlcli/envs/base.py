@@ -170,6 +170,10 @@ class TimeStep:
     # [B, N, A] bool, the env's masks at final_obs for those agents (final_avail is off for them:
     # they do not act again); all False elsewhere; None -> all False
     agent_final_avail: Tensor | None = None
+    # [B, N] long (or [B, N, A] float): the joint action the env really executed in this step, where it
+    # differs from the one given to ``step`` (asymmetric self-play: the frozen agents' actions in their
+    # slots), so critics over joint actions learn from what happened; None = the actions given
+    played: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.agent_truncated is None:

@@ -14,9 +14,9 @@ pass by ``OpponentBank``). Their ``alive`` and ``final_alive`` flags are reporte
 which is how every family already masks an agent out of its losses (PPO ratio and value
 loss, advantage statistics, COMA critic and policy, MADDPG critic and actor, IQL TD errors):
 a frozen agent's transitions train nothing, while its presence in the global state that a
-centralized critic reads is fine. ``played`` holds the joint action that was really executed
-(the frozen agents' actions in their slots), so critics over joint actions (COMA, MADDPG)
-learn from what happened, not from what the learner would have done.
+centralized critic reads is fine. Each step's ``TimeStep.played`` holds the joint action that
+was really executed (the frozen agents' actions in their slots), so critics over joint actions
+(COMA, MADDPG) learn from what happened, not from what the learner would have done.
 
 A finished episode is scored for the learning role with the env's outcome rule
 (``marlcli.envs.outcome``) and reported to the league (``on_game``); the learner's score is
@@ -57,12 +57,13 @@ class RoleSelfPlayVecEnv:
         self.ep_ret = torch.zeros(self.num_envs, spec.n_agents, device=self.device)
         self.ep_stats = {k: torch.zeros(self.num_envs, device=self.device) for k in spec.stats}
         self.full_ts: TimeStep | None = None
-        self.played: Tensor | None = None  # the joint action last executed [B, N] (or [B, N, A])
+        self.played: Tensor | None = None  # the joint action last executed [B, N] (or [B, N, A]), as in TimeStep.played
 
-    def _view(self, ts: TimeStep, score: Tensor | None = None) -> TimeStep:
+    def _view(self, ts: TimeStep, score: Tensor | None = None, played: Tensor | None = None) -> TimeStep:
         info = dict(ts.info)
         info[SCORE_STAT] = score if score is not None else torch.zeros(self.num_envs, device=self.device)
-        return replace(ts, alive=ts.alive & self.learning, final_alive=ts.final_alive & self.learning, info=info)
+        return replace(ts, alive=ts.alive & self.learning, final_alive=ts.final_alive & self.learning, info=info,
+                       played=played)
 
     def _start(self, ts: TimeStep) -> TimeStep:
         self.full_ts = ts
@@ -102,7 +103,7 @@ class RoleSelfPlayVecEnv:
                 self.ep_stats[k] = self.ep_stats[k].masked_fill(d, 0.0)
             if self.opp_hidden is not None:
                 self.opp_hidden = self.opp_hidden.masked_fill(d.view(-1, *([1] * (self.opp_hidden.dim() - 1))), 0.0)
-        return self._view(ts, score)
+        return self._view(ts, score, self.played)
 
     def state_dict(self) -> dict[str, Any]:
         return {**opponents_state(self), "ep_stats": {k: v.cpu().clone() for k, v in self.ep_stats.items()}}

@@ -7,9 +7,9 @@ update, and on the matrix games measures the exact exploitability of the current
 time-averaged policy (``marlcli.selfplay.exploitability``), with or without self-play. With
 ``selfplay=none`` on any other env it does nothing. When the sides differ (tag: predators vs
 prey), the learner keeps every agent and each env copy learns one role against frozen
-snapshots of the full actor in the others (``learning_roles``, ``marlcli.selfplay.roles``). The trainer calls it at five places:
-``start`` (after the learner is built), ``load_state_dict`` (resume), ``after_update``,
-``wrap_eval`` and ``state_dict``/``write`` (checkpoints).
+snapshots of the full actor in the others (``learning_roles``, ``marlcli.selfplay.roles``). The trainer
+sees it as a :class:`marlcli.hooks.Hook`: ``start`` (after the learner is built), ``load_state_dict``
+(resume), ``after_update``, ``wrap_eval`` and ``state_dict``/``write`` (checkpoints).
 """
 
 from __future__ import annotations
@@ -17,16 +17,19 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from marlcli import results
 from marlcli.algos import load_family
 from marlcli.envs.base import EnvSpec, VecEnv, role_of
 from marlcli.envs.matrix import GAMES
 from marlcli.errors import CheckpointError, ConfigError
+from marlcli.hooks import Hook
 from marlcli.selfplay import exploitability as ex
 from marlcli.selfplay.league import League, load_member
 from marlcli.selfplay.mirrored import OpponentBank, SelfPlayVecEnv, sub_spec
@@ -203,8 +206,15 @@ class MatrixMetrics:
         self.count = int(state["count"])
 
 
-class Session:
-    """Self-play (when on) and matrix-game measures for one training run."""
+class Session(Hook):
+    """Self-play (when on) and matrix-game measures for one training run: a trainer hook.
+
+    Unlike other hooks it also wraps the training env (``env``, built at construction: the
+    learner's spec is the wrapper's), and its state is saved under ``selfplay`` (an empty dict
+    when there is nothing to save, as checkpoints have always held).
+    """
+
+    name = "selfplay"
 
     def __init__(self, cfg: DictConfig, env: VecEnv, device: torch.device, out: Path | None = None) -> None:
         self.cfg, self.sp, self.device, self.out = cfg, cfg.selfplay, device, out
@@ -312,8 +322,6 @@ class Session:
 
 def _latest(sp: Any) -> Any:
     """``selfplay=latest``: a window of one, always the newest snapshot, no PFSP."""
-    from types import SimpleNamespace
-
     return SimpleNamespace(pool_size=1, latest_prob=1.0, pfsp=False, pfsp_power=float(sp.pfsp_power),
                            elo_k=float(sp.elo_k))
 
@@ -346,8 +354,6 @@ def uniform_draw(ids: list[int], seed: int) -> Any:
 
 def init_actor(path: Path, actor: Any) -> dict[str, Tensor]:
     """Actor weights for ``selfplay.init``: a pool member file, or a self-play run's seed dir / .pt."""
-    from marlcli import results
-
     if path.suffix == ".pt" and path.name.startswith("member_"):
         state = load_member(path)["actor"]
     else:

@@ -180,7 +180,10 @@ def fields_equal(a: Any, b: Any) -> bool:
     """Every tensor field (and info entry) of two TimeSteps or Rollouts is identical."""
     for f in fields(a):
         x, y = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(x, dict):
+        if x is None or y is None:  # an optional field (TimeStep.played): unset on both
+            if x is not y:
+                return False
+        elif isinstance(x, dict):
             if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
                 return False
         elif not torch.equal(x, y):

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 
 from marlcli import results
-from marlcli.evaluate import check_counts, check_eval_overrides, run_episodes
+from marlcli.evaluate import check_counts, check_eval_overrides, env_for_eval, run_episodes
 from marlcli.export.formats import ort_session, sha256
 from marlcli.export.policy import ExportError
-from marlcli.trainer import env_for_eval, resolve_device
+from marlcli.runtime import resolve_device
 
 MANIFEST_FORMAT = "marlcli-export/1"
 MANIFEST_KEYS = {"format": str, "formats": list, "files": list, "agents": list, "source": dict, "action": dict}

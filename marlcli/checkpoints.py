@@ -144,6 +144,10 @@ class Checkpoint(Mapping[str, Any]):
         """This process's training state (hooks: each with a ``name`` and a ``state_dict()``, None = nothing)."""
         rng = {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(device)}
                                                   if device.type == "cuda" else {})}
+        hooks = list(hooks)
+        clash = [h.name for h in hooks if h.name in CORE_KEYS or h.name.startswith("_")]
+        if clash:  # a programming error, not a user's: the hook's state would overwrite a part of the checkpoint
+            raise ValueError(f"a hook named {clash[0]!r} would overwrite that checkpoint key; give it another name")
         states = {h.name: s for h in hooks if (s := h.state_dict()) is not None}
         return cls(step=state.step, config=OmegaConf.to_yaml(cfg, resolve=True), algo=str(cfg.algo.name),
                    actor=algo.actor.state_dict(), learner=algo.state_dict(), env=env.state_dict(),

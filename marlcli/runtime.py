@@ -128,10 +128,6 @@ class StopRequest:
         assert self.signum is not None
         return signal.Signals(self.signum).name
 
-    @property
-    def exit_code(self) -> int:
-        return STOP_SIGNALS[self.signum if self.signum is not None else signal.SIGINT]
-
     def aborted(self, out: Path) -> Stopped:
         """The one line of a second Ctrl-C: where the last checkpoint is."""
         return Stopped(f"aborted by a second Ctrl-C; continue from the last checkpoint with: marl train resume={out}",

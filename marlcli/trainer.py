@@ -1,19 +1,15 @@
 """The training loop: collect -> update -> log / evaluate / checkpoint, and resume.
 
-``train(cfg)`` is a plain function of the composed config, so tests call it through
-Hydra's ``compose()`` without the CLI. Rollouts stay on the env's device; the loop
-syncs with the host only when it logs, evaluates or checkpoints. It reads top to bottom in
-:func:`_train`; the helpers below it do one job each. What the loop does not know about lives
-elsewhere: the process (device, seeds, signals) in ``marlcli.runtime``, what a checkpoint holds in
-``marlcli.checkpoints``, resume preparation and the results tree in ``marlcli.results``, and the
-capabilities that join the loop (self-play and matrix-game measures, message statistics) are
-hooks (``marlcli.hooks``).
+``train(cfg)`` is a plain function of the composed config, so tests call it through Hydra's
+``compose()`` without the CLI. Rollouts stay on the env's device; the loop syncs with the host
+only when it logs, evaluates or checkpoints. :func:`_train` reads top to bottom; the helpers below
+it do one job each. The process (device, seeds, stop signals) is ``marlcli.runtime``'s, what a
+checkpoint holds ``marlcli.checkpoints``', resume preparation ``marlcli.results``'; capabilities
+join the loop as hooks (``marlcli.hooks``: self-play and matrix-game measures, message statistics).
 
-Stopping (issue 25): a stop signal only sets a flag (``runtime.StopRequest``). At the next
-update boundary the loop writes a checkpoint, closes metrics.jsonl, train.log and wandb, and
-raises ``runtime.Stopped`` (the CLI prints one line with the resume command and exits 128 +
-the signal number). ``train.checkpoint_minutes`` adds a wall-clock checkpoint, so a slow run
-killed without a signal (SIGKILL, a node failure) loses at most that much.
+A stop signal only sets a flag; at the next update boundary the loop writes a checkpoint, closes
+its files and raises ``runtime.Stopped`` (issue 25). ``train.checkpoint_minutes`` adds a wall-clock
+checkpoint, so a run killed without a signal (SIGKILL, a node failure) loses at most that much.
 """
 
 from __future__ import annotations
@@ -45,34 +41,27 @@ from marlcli.errors import ConfigError, TrainingError
 from marlcli.evaluate import EVAL_SEED_OFFSET, env_for_eval, run_episodes  # noqa: F401 - EVAL_SEED_OFFSET: re-exported
 from marlcli.hooks import CommStats, Hook
 from marlcli.results import prepare
-from marlcli.runtime import (  # noqa: F401 - STOP_SIGNALS: re-exported for callers of trainer.*
-    STOP_SIGNALS,
-    Abort,
-    Stopped,
-    StopRequest,
-    keep_freed_memory,
-    resolve_device,
-    seed_everything,
-)
+from marlcli.runtime import STOP_SIGNALS, Abort, Stopped, StopRequest, keep_freed_memory, resolve_device, seed_everything
 from marlcli.tracking import Tracker
 
 
-def train(cfg: DictConfig, given: list[str] | None = None) -> Path:
+def train(cfg: DictConfig, given: list[str] | None = None, hooks: list[Hook] | None = None) -> Path:
     """Train one seed to ``train.total_steps``; returns its seed dir.
 
     ``given``: the command line's overrides, for :func:`prepare`'s checks of ``resume=<dir>``.
+    ``hooks``: more hooks (``marlcli.hooks.Hook``), called after self-play's and the message statistics'.
 
     Raises :class:`Stopped` after a stop signal (its checkpoint written), ``results.WriteError``
     when a results file cannot be written (the run ends at once; earlier files stay valid).
     """
     with StopRequest() as stop:
         try:
-            return _train(cfg, stop, given)
+            return _train(cfg, stop, given, list(hooks or []))
         except Abort:
             raise stop.aborted(stop.out or results.seed_dir(cfg)) from None
 
 
-def _train(cfg: DictConfig, stop: StopRequest, given: list[str] | None) -> Path:
+def _train(cfg: DictConfig, stop: StopRequest, given: list[str] | None, extra: list[Hook]) -> Path:
     # Resume or start: the config to run, the checkpoint to continue from
     distributed.setup(cfg)  # a rank (of launch, torchrun or Slurm) joins its process group
     main = distributed.is_main()  # rank 0 alone writes the results tree, evaluates and checkpoints
@@ -101,7 +90,7 @@ def _train(cfg: DictConfig, stop: StopRequest, given: list[str] | None) -> Path:
         env = session.env
         algo: Algorithm = module.make(env.spec, local, device)
         distributed.broadcast_modules(algo)  # all ranks start from rank 0's parameters
-        hooks: list[Hook] = [session, CommStats()]
+        hooks: list[Hook] = [session, CommStats(), *extra]
         for hook in hooks:
             hook.start(algo)
 
@@ -116,9 +105,7 @@ def _train(cfg: DictConfig, stop: StopRequest, given: list[str] | None) -> Path:
 
         # Results: config.yaml, metrics.jsonl, train.log / progress / wandb (rank 0 only)
         keep = state.step if ckpt is not None else None  # resume: trim metrics and train.log past the checkpoint
-        writer, tracker = _open_results(cfg, out, main, keep)
-        closing.callback(writer.close)
-        closing.callback(lambda: tracker.close(**ending))  # reads `ending` when it runs
+        writer, tracker = _open_results(cfg, out, main, keep, closing, ending)
         run = Run(cfg, out, main, device, algo, env, hooks, state, writer, tracker,
                   start=_time_origin(state, resumed=ckpt is not None))
 
@@ -208,19 +195,19 @@ def _full_disk(out: Path, ending: dict[str, Any]) -> Iterator[None]:
         raise
 
 
-def _open_results(cfg: DictConfig, out: Path, main: bool, keep: int | None) -> tuple[Any, Any]:
-    """The seed dir with its config.yaml; the metrics writer and the tracker (stand-ins on ranks > 0)."""
+def _open_results(cfg: DictConfig, out: Path, main: bool, keep: int | None, closing: contextlib.ExitStack,
+                  ending: dict[str, Any]) -> tuple[Any, Any]:
+    """The seed dir with its config.yaml; the metrics writer and the tracker, closed with the run (rank 0)."""
     if not main:
         return distributed.Silent(), distributed.Silent()
     with results.writing(out):  # a read-only results_dir: one line
         out.mkdir(parents=True, exist_ok=True)
     results.write_config(out, cfg)
     writer = results.MetricsWriter(out / "metrics.jsonl", keep_until_step=keep)
-    try:
-        return writer, Tracker(cfg, out, keep_until_step=keep)
-    except BaseException:
-        writer.close()
-        raise
+    closing.callback(writer.close)
+    tracker = Tracker(cfg, out, keep_until_step=keep)
+    closing.callback(lambda: tracker.close(**ending))  # reads `ending` when it runs: failed, reason, exit code
+    return writer, tracker
 
 
 def _time_origin(state: RunState, resumed: bool) -> float:
@@ -305,11 +292,10 @@ def _stopped(run: Run, stop: StopRequest, ending: dict[str, Any]) -> Stopped:
     if run.state.counters["ckpt"] != step:
         _checkpoint(run)
     distributed.finish()
-    hint = f"continue with: marl train resume={run.out}"
-    ending.update(reason=f"stopped by {stop.name} at step {step:,}; checkpoint written; {hint}",
-                  exit_code=stop.exit_code)
+    hint, code = f"continue with: marl train resume={run.out}", STOP_SIGNALS[stop.signum]
+    ending.update(reason=f"stopped by {stop.name} at step {step:,}; checkpoint written; {hint}", exit_code=code)
     return Stopped(f"stopped by {stop.name} at step {step:,} of {int(run.cfg.train.total_steps):,} (checkpoint "
-                   f"written); {hint}", stop.exit_code)
+                   f"written); {hint}", code)
 
 
 def _crossed(prev: int, now: int, interval: int) -> bool:

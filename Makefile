@@ -6,10 +6,10 @@ TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 
-.PHONY: help install train eval test test-all lint format typecheck bench bench-dist clean
+.PHONY: help install train eval test-fast test test-learning test-all lint format typecheck bench bench-dist clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,10 +32,23 @@ eval: $(STAMP) ## evaluate a run: make eval RUN=results/spread/mappo/<run> (defa
 	@test -n "$(or $(RUN),$(LATEST_QUICKSTART))" || { echo "make eval: no quickstart run yet; make train first or give RUN=DIR" >&2; exit 2; }
 	$(BIN)/marl eval $(or $(RUN),$(LATEST_QUICKSTART)) $(ARGS)
 
-test: $(STAMP) ## the CI suite: unit, integration and small learning tests
-	$(BIN)/python -m pytest -q $(ARGS)
+# The tiers are folders (tests/unit, envs, integration, learning; docs/testing.md). `make test` spreads
+# the tests over JOBS pytest-xdist workers (JOBS=1: one process, in file order, as `--pdb` needs).
+JOBS    ?= 2
+XDIST    = $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS))
+PYTEST  := $(BIN)/python -m pytest -q
 
-test-all: test ## everything (same as test today)
+test-fast: $(STAMP) ## unit + envs tiers, one process (about a minute): make test-fast ARGS="-k contract"
+	$(PYTEST) tests/unit tests/envs $(ARGS)
+
+test: $(STAMP) ## what CI runs: every tier (unit, envs, integration, learning) on JOBS=2 workers
+	$(PYTEST) $(XDIST) $(ARGS)
+
+test-learning: $(STAMP) ## the learning tests only: make test-learning ARGS=--break-learner=rewards (each must fail)
+	$(PYTEST) $(XDIST) tests/learning $(ARGS)
+
+test-all: $(STAMP) ## test plus the composition product (-m composition: every option combination, not only the pairwise sample)
+	$(PYTEST) $(XDIST) -m "" $(ARGS)
 
 lint: $(STAMP) ## ruff + the import layers (lint-imports, contracts in pyproject.toml)
 	$(BIN)/ruff check marlcli tests experiments

@@ -1,10 +1,21 @@
-"""Shared test helpers: compose configs the way `marl train` does, with tiny budgets."""
+"""Shared test helpers: the tiers, compose configs the way `marl train` does, with tiny budgets.
+
+The tests live in four folders, and the folder sets the marker (``pytest -m unit`` ...), so a
+test's tier is where it is, never a decorator someone forgot (docs/testing.md):
+
+- ``tests/unit``: one function or class, no training loop (seconds);
+- ``tests/envs``: the environment contract, native/testbed/VMAS backends (short runs);
+- ``tests/integration``: ``train()``/``marl`` end to end on tiny budgets (resume, eval, export, ...);
+- ``tests/learning``: the learning tests, marked ``slow`` (minutes, fixed seeds, margins;
+  ``--break-learner`` must turn them red). A ``slow`` test outside it, or a test in it
+  without ``slow``, is a collection error: ``--break-learner`` only sabotages ``slow`` tests.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,10 +25,69 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from marlcli import config, results
-from marlcli.trainer import train
+from marlcli.algos import coma, maddpg, ppo, qlearning
+from marlcli.buffers import Rollout
+from marlcli.envs import make_env
+from marlcli.evaluate import run_episodes
+from marlcli.trainer import EVAL_SEED_OFFSET, train
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "envs", "integration", "learning")
+SCHEDULE = ("learning", "integration", "envs", "unit")  # the slowest tier first (under pytest-xdist)
+
+# Two threads per process, or this process's share of the cores when pytest-xdist runs several
+# workers (`make test` uses -n 2): two workers of two threads each on 2 cores spin against each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 os.environ.setdefault("WANDB_MODE", "disabled")  # tests never touch the network
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's tier; refuse a learning test outside tests/learning (and back)."""
+    misplaced, tier_of = [], {}
+    for item in items:
+        path = Path(item.path).resolve()
+        if TESTS not in path.parents:  # a path given on the command line outside tests/: no tier
+            continue
+        rel = path.relative_to(TESTS).parts
+        tier = tier_of[item.nodeid] = rel[0] if len(rel) > 1 and rel[0] in TIERS else None
+        if tier is None:
+            misplaced.append(f"{item.nodeid} (not in tests/{{{','.join(TIERS)}}})")
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+        if (item.get_closest_marker("slow") is not None) != (tier == "learning"):
+            misplaced.append(f"{item.nodeid} ({'marked slow outside tests/learning' if tier != 'learning' else 'in tests/learning without @pytest.mark.slow'})")
+    if misplaced:
+        raise pytest.UsageError("tests in the wrong tier (docs/testing.md): " + "; ".join(misplaced))
+    if _WORKERS > 1:  # xdist deals the first tests out one by one: the minute-long learning tests first spread
+        items.sort(key=lambda item: SCHEDULE.index(tier_of.get(item.nodeid) or "unit"))  # over the workers, not at the end on one
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (``pytestmark = pytest.mark.usefixtures("one_thread")``): these nets
+    are tiny, and a second thread only adds contention on a shared 2-core box (10x slower there)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def episode_rollout(done: list[list[bool]], n_agents: int = 2, obs_dim: int = 3, n_actions: int = 4) -> Rollout:
+    """A hand-made rollout for the episode replay: ``done[t][b]`` ends env ``b``'s episode at step ``t``.
+
+    Observations count the steps (``obs[t] = t``, the final observation ``t + 100``), so a test can
+    read which step landed where; every reward is 1 and an episode's end is a termination.
+    """
+    t, b, n, o = len(done), len(done[0]), n_agents, obs_dim
+    d = torch.tensor(done)
+    step = torch.arange(t, dtype=torch.float32).view(t, 1, 1, 1).expand(t, b, n, o)
+    return Rollout(obs=step, state=step[:, :, 0], avail=torch.ones(t, b, n, n_actions, dtype=torch.bool),
+                   alive=torch.ones(t, b, n, dtype=torch.bool), actions=torch.zeros(t, b, n, dtype=torch.long),
+                   reward=torch.ones(t, b, n), terminated=d[..., None].expand(t, b, n).clone(), truncated=d & False,
+                   done=d, next_obs=step + 100, next_state=step[:, :, 0] + 100,
+                   next_avail=torch.ones(t, b, n, n_actions, dtype=torch.bool),
+                   next_alive=torch.ones(t, b, n, dtype=torch.bool))
 
 TINY = ["env.num_envs=4", "train.eval_episodes=4", "train.eval_envs=4", "logger.progress=false"]
 
@@ -85,7 +155,8 @@ def train_killed_after(cfg: DictConfig, step: int, monkeypatch: pytest.MonkeyPat
 
 
 # ----------------------------------------------------------------------------- learning tests (issue 15)
-# The learning tests are marked ``slow`` (``pytest -m slow`` runs exactly them). Two options
+# The learning tests live in tests/learning and are marked ``slow`` (``pytest -m slow`` or
+# ``pytest tests/learning`` runs exactly them). Two options
 # make them checkable:
 #
 #   --break-learner=rewards    every rollout reaches the learner with its rewards zeroed
@@ -125,9 +196,6 @@ def break_learner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     mode = request.config.getoption("--break-learner")
     if mode is None or request.node.get_closest_marker("slow") is None:
         return None
-    from marlcli.algos import coma, maddpg, ppo, qlearning
-    from marlcli.buffers import Rollout
-
     if mode == "rewards":
         real = Rollout.from_steps
 
@@ -182,10 +250,6 @@ def stand_still_return(cfg: DictConfig) -> float:
     learning test compares the learner with doing nothing on the same episodes (issue 15:
     standing still scores about -24 on spread, so "beats random" proves nothing).
     """
-    from marlcli.envs import make_env
-    from marlcli.evaluate import run_episodes
-    from marlcli.trainer import EVAL_SEED_OFFSET
-
     t = cfg.train
     env = make_env(cfg.env, min(int(t.eval_episodes), int(t.eval_envs)), int(cfg.seed) + EVAL_SEED_OFFSET,
                    torch.device("cpu"))

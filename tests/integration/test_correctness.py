@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg, strip_time, train_killed_after
+from conftest import episode_rollout, make_cfg, strip_time, train_killed_after
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
@@ -83,22 +83,13 @@ def test_gae_stops_at_an_agents_own_termination() -> None:
 
 
 # ----------------------------------------------------------------------------- item 4: episode replay overflow
-def _rollout(done: list[list[bool]], n: int = 1) -> Rollout:
-    t, b = len(done), len(done[0])
-    z = lambda *s, dt=torch.float32: torch.zeros(*s, dtype=dt)  # noqa: E731
-    return Rollout(obs=z(t, b, n, 2), state=z(t, b, 2), avail=torch.ones(t, b, n, 3, dtype=torch.bool),
-                   alive=torch.ones(t, b, n, dtype=torch.bool), actions=z(t, b, n, dt=torch.long), reward=z(t, b, n),
-                   terminated=z(t, b, n, dt=torch.bool), truncated=z(t, b, dt=torch.bool),
-                   done=torch.tensor(done), next_obs=z(t, b, n, 2), next_state=z(t, b, 2),
-                   next_avail=torch.ones(t, b, n, 3, dtype=torch.bool), next_alive=torch.ones(t, b, n, dtype=torch.bool))
-
-
 def test_episode_replay_refuses_episodes_longer_than_the_limit() -> None:
     """A 5-step episode in a buffer built for 3 used to be spliced silently into its last row."""
     buf = EpisodeReplay(capacity=4, num_envs=1, max_len=3, n_agents=1, obs_dim=2, state_dim=2, act_dim=3, device=CPU)
-    assert buf.add(_rollout([[False], [False], [True]])) == 1  # exactly the limit is fine
+    one = {"n_agents": 1, "obs_dim": 2, "n_actions": 3}
+    assert buf.add(episode_rollout([[False], [False], [True]], **one)) == 1  # exactly the limit is fine
     with pytest.raises(TrainingError, match="env.max_cycles"):
-        buf.add(_rollout([[False]] * 4 + [[True]]))
+        buf.add(episode_rollout([[False]] * 4 + [[True]], **one))
 
 
 class _NoLimitEnv(ParallelEnv):

@@ -1,4 +1,7 @@
-"""IQL / VDN / QMIX (issue 3): mixers, returns, episode replay, learning, resume, eval, errors."""
+"""IQL / VDN / QMIX (issue 3): mixers, returns, episode replay, resume, eval, errors.
+
+Their learning tests are in tests/learning/test_qlearning_learns.py.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,8 @@ import json
 
 import pytest
 import torch
-from conftest import eval_records, learned_and_still, make_cfg, train_killed_after
-from conftest import quiet as _quiet
-from omegaconf import DictConfig, OmegaConf
+from conftest import episode_rollout, make_cfg, quiet, train_killed_after
+from omegaconf import OmegaConf
 
 from marlcli.algos.base import schedule_lr
 from marlcli.buffers import EpisodeReplay, Rollout
@@ -20,17 +22,6 @@ from marlcli.returns import nstep_returns, td_lambda
 from marlcli.trainer import train
 
 ALGOS = ("iql", "vdn", "qmix")
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    return make_cfg(*overrides)
-
-
-def quiet(tmp_path, **train) -> list[str]:  # noqa: ANN001
-    return _quiet(tmp_path, **{"eval_episodes": 20, **train})
-
-
-evals = eval_records
 
 
 # ----------------------------------------------------------------------------- mixers
@@ -58,8 +49,8 @@ def test_vdn_loss_is_the_td_error_of_summed_utilities_on_the_mean_reward() -> No
     from marlcli.algos import qlearning
 
     e, steps, g = 4, 3, 0.9
-    cfg = compose(["algo=vdn", "env=spread", "env.backend=native", f"env.num_envs={e}", f"env.max_cycles={steps}",
-                   f"algo.batch_episodes={e}", "algo.td_lambda=0", "algo.double_q=false", f"algo.gamma={g}"])
+    cfg = make_cfg("algo=vdn", "env=spread", "env.backend=native", f"env.num_envs={e}", f"env.max_cycles={steps}",
+                   f"algo.batch_episodes={e}", "algo.td_lambda=0", "algo.double_q=false", f"algo.gamma={g}")
     env = make_env(cfg.env, e, 0, torch.device("cpu"))
     torch.manual_seed(0)
     algo = qlearning.make(env.spec, cfg, torch.device("cpu"))
@@ -90,7 +81,7 @@ def test_iql_loss_is_per_agent_on_own_rewards() -> None:
     """Zero-sum rps, one step: each agent's target is its own reward, loss = mean of per-agent errors."""
     from marlcli.algos import qlearning
 
-    cfg = compose(["algo=iql", "env=rps", "env.backend=native", "env.num_envs=8", "algo.batch_episodes=8"])
+    cfg = make_cfg("algo=iql", "env=rps", "env.backend=native", "env.num_envs=8", "algo.batch_episodes=8")
     env = make_env(cfg.env, 8, 0, torch.device("cpu"))
     algo = qlearning.make(env.spec, cfg, torch.device("cpu"))
     ts = env.reset()
@@ -150,23 +141,12 @@ def test_linear_lr_schedule_and_bad_schedule() -> None:
 
 
 # ----------------------------------------------------------------------------- replay
-def _rollout(done: list[list[bool]], n: int = 2, o: int = 3) -> Rollout:
-    t, b = len(done), len(done[0])
-    d = torch.tensor(done)
-    step = torch.arange(t, dtype=torch.float32).view(t, 1, 1, 1).expand(t, b, n, o)
-    return Rollout(obs=step, state=step[:, :, 0], avail=torch.ones(t, b, n, 4, dtype=torch.bool),
-                   alive=torch.ones(t, b, n, dtype=torch.bool), actions=torch.zeros(t, b, n, dtype=torch.long),
-                   reward=torch.ones(t, b, n), terminated=d[..., None].expand(t, b, n).clone(), truncated=d & False,
-                   done=d, next_obs=step + 100, next_state=step[:, :, 0] + 100,
-                   next_avail=torch.ones(t, b, n, 4, dtype=torch.bool), next_alive=torch.ones(t, b, n, dtype=torch.bool))
-
-
 def test_episode_replay_variable_lengths_masks_and_shapes() -> None:
     buf = EpisodeReplay(capacity=4, num_envs=2, max_len=4, n_agents=2, obs_dim=3, state_dim=3, act_dim=4,
                         device=torch.device("cpu"))
     # env 0: episodes of length 2 (t=0..1) and 3 (t=2..4); env 1: length 3 (t=0..2), then 2 steps still open
     done = [[False, False], [True, False], [False, True], [False, False], [True, False]]
-    assert buf.add(_rollout(done)) == 3
+    assert buf.add(episode_rollout(done)) == 3
     assert buf.size == 3
     lengths = buf.data["filled"][:3].sum(1).tolist()
     assert lengths == [2, 3, 3]
@@ -175,34 +155,13 @@ def test_episode_replay_variable_lengths_masks_and_shapes() -> None:
     assert buf.data["obs"][1, :4, 0, 0].tolist() == [0.0, 1.0, 2.0, 102.0]  # env 1's, ended after t=2
     assert buf.data["obs"][2, :4, 0, 0].tolist() == [2.0, 3.0, 4.0, 104.0]  # env 0's second
     assert buf.pos.tolist() == [0, 2]  # env 1 has two steps staged
-    assert buf.add(_rollout([[False, True]])) == 1  # env 1's second episode (length 3) spans rollouts
+    assert buf.add(episode_rollout([[False, True]])) == 1  # env 1's second episode (length 3) spans rollouts
     assert buf.data["filled"][3].sum().item() == 3 and buf.size == 4
     batch = buf.sample(16)
     assert batch["obs"].shape == (16, 5, 2, 3) and batch["avail"].shape == (16, 5, 2, 4)
     assert batch["filled"].shape == (16, 5) and batch["actions"].dtype == torch.long
-    assert buf.add(_rollout([[True, True]])) == 2  # ring buffer wraps; size stays at capacity
+    assert buf.add(episode_rollout([[True, True]])) == 2  # ring buffer wraps; size stays at capacity
     assert buf.size == 4 and buf.ptr == 2
-
-
-# ----------------------------------------------------------------------------- learning
-@pytest.mark.slow
-@pytest.mark.parametrize("algo", ["vdn", "qmix"])
-def test_beats_standing_still_on_spread(tmp_path, algo: str, learn_seed) -> None:  # noqa: ANN001
-    """Standing still scores about -24 on spread (random -26.4): the margin is over that, on the same episodes."""
-    cfg = compose([f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=64", f"seed={learn_seed(1)}",
-                   "algo.eps_anneal_steps=50000",
-                   *quiet(tmp_path, total_steps=100_000, eval_interval=0, eval_episodes=100, eval_envs=100)])
-    final, still = learned_and_still(cfg)
-    assert final > still + 2.5, (final, still)
-
-
-@pytest.mark.slow
-def test_vdn_with_optimism_reaches_the_optimum_on_coordination(tmp_path) -> None:  # noqa: ANN001
-    cfg = compose(["algo=vdn", "env=coordination", "env.backend=native", "env.penalty=-30", "seed=3",
-                   "algo.optimism=true", "algo.rollout_steps=1", "algo.batch_episodes=64", "algo.learning_starts=64",
-                   "algo.replay_ratio=1.0", "algo.eps_anneal_steps=4000", "algo.eps_end=0.1",
-                   *quiet(tmp_path, total_steps=8000, eval_interval=8000)])
-    assert evals(train(cfg))[-1]["eval/return_mean"] == 10.0
 
 
 # ----------------------------------------------------------------------------- resume, eval, errors
@@ -214,15 +173,15 @@ def test_resume_is_exact_and_eval_works(tmp_path, algo: str, monkeypatch) -> Non
             "algo.learning_starts=8"]
     base += ["algo.lr_schedule=linear"]  # the schedule must continue exactly too
     t = {"eval_interval": 400, "checkpoint_interval": 400, "log_interval": 200}
-    full = train(compose(base + [*quiet(tmp_path / "a", total_steps=800, **t)]))
+    full = train(make_cfg(*base, *quiet(tmp_path / "a", total_steps=800, **t)))
     # killed after the step-400 checkpoint (the lr schedule, ε and replay all continue from it)
-    cut = train_killed_after(compose(base + [*quiet(tmp_path / "b", total_steps=800, **t)]), 400, monkeypatch)
-    resumed = train(compose(base + [*quiet(tmp_path / "b", total_steps=800, **t), f"resume={cut}"]))
+    cut = train_killed_after(make_cfg(*base, *quiet(tmp_path / "b", total_steps=800, **t)), 400, monkeypatch)
+    resumed = train(make_cfg(*base, *quiet(tmp_path / "b", total_steps=800, **t), f"resume={cut}"))
     assert resumed == cut
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "time/sps")} for r in rows]  # noqa: E731
     read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert strip(read(resumed)) == strip(read(full))
-    assert any(r.get("train/lr", 1.0) < 0.5 * float(compose(base)["algo"]["lr"]) for r in read(full))  # decayed
+    assert any(r.get("train/lr", 1.0) < 0.5 * float(make_cfg(*base)["algo"]["lr"]) for r in read(full))  # decayed
     assert main(["eval", str(full), "episodes=4", "device=cpu"]) == 0
 
 
@@ -246,8 +205,8 @@ def test_polyak_moves_targets_by_tau_toward_the_online_nets(algo: str) -> None:
     from marlcli.algos import qlearning
 
     tau = 0.25
-    cfg = compose([f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=4", "env.max_cycles=5",
-                   "algo.batch_episodes=4", f"algo.tau={tau}"])
+    cfg = make_cfg(f"algo={algo}", "env=spread", "env.backend=native", "env.num_envs=4", "env.max_cycles=5",
+                   "algo.batch_episodes=4", f"algo.tau={tau}")
     env = make_env(cfg.env, 4, 0, torch.device("cpu"))
     torch.manual_seed(0)
     learner = qlearning.make(env.spec, cfg, torch.device("cpu"))

@@ -21,14 +21,7 @@ from marlcli.selfplay.mirrored import OpponentBank
 from marlcli.selfplay.roles import SCORE_STAT, RoleSelfPlayVecEnv
 from marlcli.trainer import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny networks: a second thread only adds contention on the shared 2-core CI box (10x slower here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: a second thread is 10x slower on a shared 2-core box
 
 
 def tag_spec() -> EnvSpec:

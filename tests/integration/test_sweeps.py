@@ -11,7 +11,6 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from marlcli import cliutil, config, sweep
@@ -26,20 +25,16 @@ TINY = ["env=spread", "env.backend=native", "env.num_envs=4", "algo.rollout_step
         "hydra.launcher.n_jobs=2"]
 
 
-def compose(overrides: list[str], hydra: bool = False):  # noqa: ANN201
-    return config.compose(overrides, hydra=hydra)
-
-
 # ----------------------------------------------------------------------------- launcher configs
 def test_local_launcher_composes() -> None:
-    launcher = compose([], hydra=True).hydra.launcher
+    launcher = config.compose([], hydra=True).hydra.launcher
     assert launcher._target_.endswith("JoblibLauncher")
     assert launcher.n_jobs == sweep.parallel_jobs(1)  # no GPU here: one job per core
 
 
 def test_slurm_launcher_composes() -> None:
-    cfg = compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30"],
-                  hydra=True)
+    cfg = config.compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30"],
+                         hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node) == ("gpu", 30, 1)
@@ -98,7 +93,7 @@ def test_killed_job_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         return real_run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], **kw)
 
     monkeypatch.setattr(sweep.subprocess, "run", killed)
-    cfg = compose(["run=k", f"results_dir={tmp_path}", *TINY[:-1]])
+    cfg = config.compose(["run=k", f"results_dir={tmp_path}", *TINY[:-1]])
     assert sweep._run_child(cfg, tmp_path, 0, 1) == "killed by SIGKILL"
 
 
@@ -122,12 +117,12 @@ def _strip_time(path: Path) -> list[dict]:
     return [{k: v for k, v in ln.items() if not k.startswith("time")} for ln in read_metrics(path)]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_interrupted_sweep_resumes_to_the_same_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    torch.set_num_threads(1)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     for seed in (0, 1):  # the uninterrupted sweep (same train() the jobs run)
-        train(compose([f"seed={seed}", "run=r", f"results_dir={ref}", *TINY[:-1]]))
-        train(compose([f"seed={seed}", "run=r", f"results_dir={cut}", *TINY[:-1]]))
+        train(config.compose([f"seed={seed}", "run=r", f"results_dir={ref}", *TINY[:-1]]))
+        train(config.compose([f"seed={seed}", "run=r", f"results_dir={cut}", *TINY[:-1]]))
     # interrupt seed 1 just after its step-100 checkpoint: no done file, latest.pt = step 100
     s1 = cut / "spread" / "mappo" / "r" / "seed_1"
     (s1 / "done").unlink()

@@ -2,10 +2,10 @@
 
 Standing still (action 0 / the zero action for every agent) scores about -24 on spread and
 a uniform random policy about -26.4, so "beats random" cannot tell a learner from one that
-learned to stand still. Every learning test (here and in test_qlearning.py and
-test_offpolicy_ac.py, all marked ``slow``) compares its final evaluation with standing still
-on the very same evaluation episodes (``conftest.stand_still_return``) and asks for a margin
-calibrated on three seeds. ``pytest -m slow --break-learner=rewards`` (or ``=bootstrap``)
+learned to stand still. The spread tests (here, test_qlearning_learns.py and
+test_offpolicy_ac_learns.py; every file in tests/learning is marked ``slow``) compare their final
+evaluation with standing still on the very same evaluation episodes (``conftest.stand_still_return``)
+and ask for a margin calibrated on three seeds. ``pytest -m slow --break-learner=rewards`` (or ``=bootstrap``)
 sabotages the learner and must turn them red; ``--learn-seed=N`` reruns them on another seed
 (see conftest.py).
 """

@@ -32,13 +32,7 @@ from marlcli.nets.comm import CommEncoder
 from marlcli.selfplay.crossplay import SideBySide, evaluate_vs
 from marlcli.trainer import train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is faster on a loaded machine
 
 
 def outputs(actor: torch.nn.Module, obs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:

@@ -17,11 +17,12 @@ import torch
 from conftest import make_cfg, strip_time
 from omegaconf import OmegaConf
 
-from marlcli import results, selfplay
+from marlcli import results
 from marlcli.algos import load_family
 from marlcli.envs import make_env
 from marlcli.envs.matrix import GAMES
 from marlcli.selfplay import exploitability as ex
+from marlcli.selfplay import session as selfplay
 from marlcli.selfplay.mirrored import OpponentBank, SelfPlayVecEnv
 from marlcli.trainer import train
 

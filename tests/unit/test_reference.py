@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from marlcli import algos, config, reference
+from marlcli import algos, config, reference, schemadoc
 from marlcli.cli import train_help
 from marlcli.config import CONF_DIR, RootConfig
 
@@ -44,10 +44,10 @@ def schema_of(key: str, family: str | None = None) -> tuple[str, str] | None:
     """``(annotation, meaning)`` of a dotted key under the schemas, None when no schema has it."""
     head, _, name = key.partition(".")
     if head == "algo":
-        return reference.field_docs(algos.schemas()[family or ""]).get(name) if family else None
+        return schemadoc.field_docs(algos.schemas()[family or ""]).get(name) if family else None
     if name and head in reference.ROOT_SCHEMAS:
-        return reference.field_docs(reference.ROOT_SCHEMAS[head]).get(name)
-    return reference.field_docs(RootConfig).get(key)
+        return schemadoc.field_docs(reference.ROOT_SCHEMAS[head]).get(name)
+    return schemadoc.field_docs(RootConfig).get(key)
 
 
 def test_config_does_not_import_the_algorithms() -> None:
@@ -68,9 +68,9 @@ def test_config_does_not_import_the_algorithms() -> None:
 
 def test_every_schema_field_has_a_comment() -> None:
     missing = [f"{name}.{field}" for name, schema in schemas().items()
-               for field, (_, meaning) in reference.field_docs(schema).items() if not meaning]
+               for field, (_, meaning) in schemadoc.field_docs(schema).items() if not meaning]
     assert not missing, f"schema fields without a comment (their meaning on the page and in --help): {missing}"
-    assert set(reference.field_docs(RootConfig)) == {f.name for f in dataclasses.fields(RootConfig)}
+    assert set(schemadoc.field_docs(RootConfig)) == {f.name for f in dataclasses.fields(RootConfig)}
 
 
 def test_every_yaml_key_is_in_its_schema_with_a_value_of_its_type() -> None:
@@ -78,15 +78,15 @@ def test_every_yaml_key_is_in_its_schema_with_a_value_of_its_type() -> None:
     files = [CONF_DIR / "config.yaml", *[p for g in config.GROUP_SCHEMAS for p in sorted((CONF_DIR / g).glob("*.yaml"))]]
     for path in files:
         prefix = "" if path.parent == CONF_DIR else f"{path.parent.name}."
-        for key, value in reference._flat({k: v for k, v in reference.yaml_values(path).items() if k != "hydra"}).items():
+        for key, value in schemadoc.flatten({k: v for k, v in schemadoc.yaml_values(path).items() if k != "hydra"}).items():
             found = schema_of(prefix + key)
             if found is None or not fits(value, found[0]):
                 bad.append(f"{path.relative_to(CONF_DIR)}: {prefix}{key}={value!r} ({found[0] if found else 'no such key'})")
-    env_keys = [set(reference.yaml_values(p)) for p in (CONF_DIR / "env").glob("*.yaml")]
-    for algo in reference.options("algo"):
+    env_keys = [set(schemadoc.yaml_values(p)) for p in (CONF_DIR / "env").glob("*.yaml")]
+    for algo in schemadoc.options("algo"):
         path = CONF_DIR / "algo" / f"{algo}.yaml"
         family = str(reference.composed([f"algo={algo}"])["algo.family"])
-        values = reference._flat(reference.yaml_values(path))
+        values = schemadoc.flatten(schemadoc.yaml_values(path))
         for key in reference.own_keys(path):
             value = values.get(key, values.get(key.removeprefix("algo.")))
             if key.startswith("env."):  # an algorithm's env default must be a key of every env
@@ -104,7 +104,7 @@ def test_schema_defaults_are_the_composed_defaults() -> None:
     values = reference.composed([])
     differ = []
     for prefix, schema in [("", RootConfig), *[(f"{k}.", s) for k, s in reference.ROOT_SCHEMAS.items()]]:
-        for name, default in reference.field_defaults(schema).items():
+        for name, default in schemadoc.field_defaults(schema).items():
             if dataclasses.is_dataclass(default) or (schema is RootConfig and name in reference.GROUPS):
                 continue
             if values.get(prefix + name) != default:
@@ -117,14 +117,14 @@ def test_yaml_comments_are_the_schema_meanings() -> None:
     """Root and group yamls may comment a key only with its schema meaning; env yamls comment every key."""
     bad = []
     for path in [CONF_DIR / "config.yaml", *[p for g in config.GROUP_SCHEMAS for p in (CONF_DIR / g).glob("*.yaml")]]:
-        _, comments = reference.yaml_comments(path)
+        _, comments = schemadoc.yaml_comments(path)
         for key, comment in comments.items():
             found = schema_of(key)
             if comment and found is not None and comment != found[1]:
                 bad.append(f"{path.relative_to(CONF_DIR)}: {key}: '{comment}' is not the schema's '{found[1]}'")
     for path in (CONF_DIR / "env").glob("*.yaml"):
-        header, comments = reference.yaml_comments(path)
-        bad += [f"env/{path.name}: {key} has no comment" for key in map("env.{}".format, reference.yaml_values(path))
+        header, comments = schemadoc.yaml_comments(path)
+        bad += [f"env/{path.name}: {key} has no comment" for key in map("env.{}".format, schemadoc.yaml_values(path))
                 if not comments.get(key)]
         bad += [f"env/{path.name}: no header comment"] if not header else []
     assert not bad, "\n".join(bad)

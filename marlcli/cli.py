@@ -6,16 +6,29 @@ pair, a missing or corrupt checkpoint) is reported as one line with exit code 2.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from marlcli import cliutil, config, reference, selfplay, stats, sweep
 from marlcli.cliutil import default_run_name, fail, os_error, parse_kv
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
+from marlcli.distributed.collectives import quick_exit
+from marlcli.distributed.launch import train_or_launch
+from marlcli.errors import ConfigError, MarlError
+from marlcli.evaluate import evaluate_path
+from marlcli.export import evaluate_export, export_main, is_export
+from marlcli.overrides import compose_checked
+from marlcli.report import report_main
+from marlcli.selfplay.crossplay import evaluate_vs
+from marlcli.trainer import prepare, validate
 
 USAGE = """usage: marl <command> [args]
 
@@ -53,14 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "eval":
         return eval_main(rest)
     if cmd == "report":
-        try:
-            from marlcli.report import report_main
-        except ImportError:
-            return fail("report", "not available in this version")
         return report_main(rest)
     if cmd == "export":
-        from marlcli.export import export_main
-
         return export_main(rest)
     return fail(cmd, f"unknown command '{cmd}'; use train, eval, report or export")
 
@@ -89,11 +96,6 @@ def validate_overrides(overrides: list[str], exclude: list[str] | None = None) -
     env/algo keys), so no job can fail on a bad pair after others ran (issue 16). ``exclude``
     (a multirun's hidden keys) gives each combination its configuration dir, as its job will have.
     """
-    from marlcli import cliutil
-    from marlcli.config import compose_checked
-    from marlcli.errors import MarlError
-    from marlcli.trainer import prepare, validate
-
     try:
         combos = cliutil.combinations(overrides)
     except Exception as exc:
@@ -122,11 +124,6 @@ def _hydra_message(exc: Exception) -> str:
 
 
 def train_main(args: list[str]) -> int:
-    import hydra
-
-    from marlcli import cliutil, config, sweep
-    from marlcli.errors import ConfigError
-
     config.register()
     flags, overrides = _split(args)
     # factory kwargs are free-form (any ParallelEnv's arguments): set them, never reject them as unknown keys
@@ -183,26 +180,18 @@ def train_main(args: list[str]) -> int:
 
 
 def train_help(overrides: list[str]) -> str:
-    """Groups with their options (from conf/) and every key of the composed config with its value."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
+    """Groups with their options (from conf/), examples, and every key with its type, default and meaning.
 
-    from marlcli.config import CONF_DIR
-
-    groups = []
-    for group in ("env", "algo", "critic", "sharing", "actor", "comm", "selfplay"):
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        groups.append(f"  {group:8s} {', '.join(options)}")
-    launchers = sorted(p.stem for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        try:
-            cfg = compose("config", overrides=overrides)
-        except Exception as exc:
-            return f"marl train: cannot compose {overrides}: {_hydra_message(exc)}"
-    GlobalHydra.instance().clear()
-    body = OmegaConf.to_yaml(cfg, resolve=False)
+    The keys and their meanings come from the schemas' field comments, the source of
+    docs/configuration.md too (``marlcli/reference.py``); the defaults are the ones composed for
+    the groups given, so ``marl train algo=qmix --help`` shows QMIX's.
+    """
+    groups = [f"  {group:8s} {', '.join(reference.options(group))}" for group in reference.GROUPS]
+    launchers = reference.options("hydra/launcher")
+    try:
+        cfg = config.compose(overrides)
+    except Exception as exc:  # a bad group option or key: one line instead of the keys
+        return f"marl train: cannot compose {overrides}: {_hydra_message(exc)}"
     return "\n".join([
         "usage: marl train [group=option ...] [key=value ...] [-m]",
         "",
@@ -218,10 +207,10 @@ def train_help(overrides: list[str]) -> str:
         "  marl train -m seed=0,1,2,3,4 algo=qmix,mappo",
         "  marl train resume=results/spread/mappo/<run>/seed_0",
         "",
-        "Options (the composed config for the groups above; override any key with key=value;",
-        "`marl train algo=qmix --help` shows that algorithm's keys):",
+        "Keys (key, type, default, meaning; set any with key=value). The defaults are composed for the groups",
+        "given: `marl train algo=qmix --help` shows QMIX's. The same keys as tables: docs/configuration.md.",
         "",
-        body,
+        reference.help_text(cfg, overrides),
     ])
 
 
@@ -230,18 +219,10 @@ def hydra_task(cfg: DictConfig) -> Any:
 
     Module level, so launchers pickle it by reference (submitit ships it to Slurm nodes).
     """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from marlcli.distributed.launch import train_or_launch as train
-    from marlcli.errors import MarlError
-
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        from marlcli.sweep import run_job
-
-        return run_job(cfg)  # never raises; the parent prints the summary
+        return sweep.run_job(cfg)  # never raises; the parent prints the summary
     try:
-        out = train(cfg, given=list(HydraConfig.get().overrides.task))
+        out = train_or_launch(cfg, given=list(HydraConfig.get().overrides.task))
     except MarlError as exc:
         if getattr(exc, "exit_code", None) is not None:  # stopped by a signal (trainer.Stopped): 130 / 143 / 138
             print(f"marl train: {exc}", file=sys.stderr)
@@ -256,8 +237,6 @@ def hydra_task(cfg: DictConfig) -> Any:
 
 # ----------------------------------------------------------------------------- eval
 def eval_main(args: list[str]) -> int:
-    from marlcli.errors import MarlError
-
     args = ["comm.cut=true" if a == "comm=off" else a for a in args]  # the channel-cut ablation
     other = next((a for a in args if a.startswith("comm=")), None)
     if other:  # the run's channel type is fixed by its weights: only the cut (and comm.KEY=VALUE) can be asked for
@@ -274,184 +253,25 @@ def eval_main(args: list[str]) -> int:
             return fail("eval", f"unknown flag '{flags[0]}': options are key=value (episodes=100 seed=1 ...)")
         return fail("eval", "give exactly one PATH (a seed dir, a run dir, a .pt file or an export dir)")
     try:
-        from marlcli.export import evaluate_export, is_export
-
         target = Path(parsed.paths[0])
         vs = parsed.opts.pop("vs")
         if vs:  # cross-play: each side through its own run's actor (marlcli/selfplay/crossplay.py)
-            from marlcli.selfplay.crossplay import evaluate_vs
-
             if parsed.overrides:  # evaluate_vs plays both runs where they were trained: never ignore an option
                 return fail("eval", f"vs= (cross-play) takes no env./comm. options ({parsed.overrides[0]}): both runs "
                                     "play in the env they were trained in")
             rows = evaluate_vs(target, Path(vs), **parsed.opts)
-        else:
-            run = evaluate_export if is_export(target) else evaluate_path
-            rows = run(target, **parsed.opts, overrides=parsed.overrides)
+        elif is_export(target):
+            rows = evaluate_export(target, **parsed.opts, overrides=parsed.overrides)
+        else:  # self-play runs play the opponents their training would (their pool)
+            rows = evaluate_path(target, **parsed.opts, overrides=parsed.overrides, opponents=selfplay.opponents_for_eval)
     except MarlError as exc:
         return fail("eval", str(exc))
     print_eval_table(rows)
     return 0
 
 
-def evaluate_path(path: Path, episodes: int = 1000, seed: int = 0, deterministic: bool = True,
-                  device: str = "cpu", envs: int = 1000, overrides: list[str] | None = None,
-                  write: bool = True) -> list[dict[str, Any]]:
-    """Evaluate every checkpoint at ``path`` decentralized; writes ``eval.json`` per seed dir (if ``write``).
-
-    ``overrides`` (``env.factory=pkg.mod:make``) replace keys of each checkpoint's config; an
-    ``env.factory`` given here is trusted, any other foreign one is refused (issue 16).
-    """
-    from omegaconf import OmegaConf
-
-    from marlcli import results
-    from marlcli.errors import CheckpointError
-    from marlcli.trainer import resolve_device
-
-    check_counts(episodes=episodes, envs=envs)
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist; give a seed dir, a run dir or a .pt file")
-    targets = [path] if path.is_file() else results.find_seed_dirs(path)
-    if not targets:
-        raise CheckpointError(f"no checkpoints under {path} (expected seed_*/checkpoints/latest.pt)")
-    given = dict(o.split("=", 1) for o in overrides or [])
-    dev = resolve_device(device)
-    rows = []
-    moved = {k: v for k, v in given.items() if k.startswith("env.") and k != "env.factory"}  # env keys changed
-    channel = {k: v for k, v in given.items() if k.startswith("comm.")}  # message-channel ablation (issue 19)
-    for target in targets:
-        payload = results.load_checkpoint(target)
-        factory = {k: v for k, v in given.items() if k == "env.factory"}  # a factory given here is trusted
-        check_eval_overrides(results.checkpoint_config(payload, overrides=factory), given)
-        cfg = results.checkpoint_config(payload, overrides=given)
-        res, spec = _episodes(cfg, payload, episodes, envs, seed, dev, deterministic, moved)
-        summary = {k.removeprefix("eval/"): v for k, v in res.summary().items()}
-        row = {"env": str(cfg.env.name), "algo": str(cfg.algo.name), "run": str(cfg.run), "seed": int(cfg.seed),
-               "step": int(payload["step"]), "checkpoint": str(target), "deterministic": deterministic,
-               "eval_seed": seed, **summary}
-        if cfg.get("variant"):
-            row["variant"] = str(cfg.variant)
-        if moved:  # evaluated somewhere else than trained: say where
-            row["env_overrides"] = moved
-            row["n_agents"] = spec.n_agents
-        if channel:  # the ablation beside the intact channel, on the same episodes
-            row["comm_overrides"] = channel
-            intact, _ = _episodes(results.checkpoint_config(
-                payload, overrides={k: v for k, v in given.items() if not k.startswith("comm.")}), payload, episodes,
-                envs, seed, dev, deterministic, moved)
-            whole = intact.summary()
-            row["return_mean_intact"], row["return_ci95_intact"] = whole["eval/return_mean"], whole["eval/return_ci95"]
-        row["env_config"] = {k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "kwargs"}
-        sdir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
-                                                else target.parent)
-        if write and (sdir / "config.yaml").exists():
-            name = "eval_comm.json" if channel else "eval.json"  # an ablation never replaces the plain evaluation
-            results.atomic_write_text(sdir / name, json.dumps(row, indent=2) + "\n")
-        rows.append(row)
-    return rows
-
-
-def check_counts(**counts: Any) -> None:
-    """``episodes``/``envs`` of ``marl eval`` (and ``evaluate_path`` called from scripts) are integers >= 1."""
-    from marlcli.errors import ConfigError
-
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer (1 or more), got {value!r}")
-
-
-def check_eval_overrides(saved: DictConfig, given: dict[str, str]) -> None:
-    """``env.KEY=VALUE`` / ``comm.KEY=VALUE`` of ``marl eval``, checked against the run's saved config (issue 25).
-
-    A key the saved env config lacks names the closest ones; a value must have the type the
-    key has there (``env.N=abc`` or ``env.N=1.5`` where N is 3) and be in range (``env.N=0``),
-    so it fails here as one line instead of inside the env. ``env.num_envs`` is the training
-    batch, which evaluation does not use (``envs=`` sets its copies): refused, not ignored.
-    """
-    from omegaconf import OmegaConf
-
-    from marlcli.cliutil import suggest
-    from marlcli.config import check_comm_override, check_env_value, parse_value, shown
-    from marlcli.errors import ConfigError
-
-    env = OmegaConf.to_container(saved.env, resolve=False)
-    assert isinstance(env, dict)
-    for key, value in given.items():
-        if key.startswith("comm."):
-            check_comm_override(key, value)
-            continue
-        name = key.removeprefix("env.")
-        if name == "factory":
-            continue
-        if name == "num_envs":
-            raise ConfigError("env.num_envs is the training batch; marl eval steps envs=N copies (default 1000)")
-        head, _, sub = name.partition(".")
-        if head not in env:
-            keys = [f"env.{k}" for k in env if k != "kwargs"]
-            raise ConfigError(f"{key}: the run's env config has no key '{head}'{suggest(key, keys)} "
-                              f"(its keys: {', '.join(k.removeprefix('env.') for k in keys)})")
-        reference = env[head] if not sub else (env[head].get(sub) if isinstance(env[head], dict) else None)
-        if sub and reference is None:  # a free-form factory argument the run did not set
-            continue
-        check_env_value(key, parse_value(value), reference,
-                        f" (the run's env.{name} is {shown(reference)})" if reference is not None else "")
-
-
-def _episodes(cfg: Any, payload: dict[str, Any], episodes: int, envs: int, seed: int, dev: Any, deterministic: bool,
-              moved: dict[str, str]) -> tuple[Any, Any]:
-    """The checkpoint's actor under ``cfg`` on ``episodes`` evaluation episodes: (EvalResult, EnvSpec)."""
-    import torch
-
-    from marlcli import results, selfplay
-    from marlcli.algos import load_family
-    from marlcli.evaluate import run_episodes
-    from marlcli.trainer import env_for_eval
-
-    torch.manual_seed(seed)  # message dropout draws from torch's RNG: the same losses each time
-    env = env_for_eval(cfg, min(episodes, envs), seed, dev)
-    env = selfplay.opponents_for_eval(cfg, env, payload, dev, seed=seed)  # self-play runs: vs their pool
-    try:
-        actor = load_family(cfg.algo).make_actor(env.spec, cfg).to(dev)
-        if moved:
-            check_actor_fits(actor, payload, cfg, env.spec, moved)
-        results.restore(actor, payload["actor"], "actor", payload)  # the actor only: no critic is loaded
-        actor.eval()
-        return run_episodes(actor, env, episodes, deterministic), env.spec
-    finally:
-        env.close()
-
-
-def check_actor_fits(actor: Any, payload: dict[str, Any], cfg: DictConfig, spec: Any, moved: dict[str, str]) -> None:
-    """One line, before loading, when the checkpoint's actor cannot run in the overridden env (issue 17).
-
-    Its weights' shapes are compared with those of an actor built for the new env; a
-    mismatch means its input or its network count depends on what changed, and the message
-    says which option would have made it size-free.
-    """
-    from marlcli.errors import CheckpointError
-
-    saved = payload["actor"]
-    wrong = [k for k, v in actor.state_dict().items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
-    if not wrong:
-        return
-    where = " ".join(f"{k}={v}" for k, v in moved.items())
-    if str(cfg.sharing.mode) != "all":
-        why = f"it has one network per agent or role (sharing={cfg.sharing.mode}); train with sharing=all"
-    elif bool(cfg.sharing.get("agent_id", True)):
-        why = "its input holds a one-hot agent id of length N; train with sharing.agent_id=false"
-    else:
-        why = (f"its input size depends on the env (observation size {spec.obs_dim} here); keep "
-               "env.num_agent_neighbors and env.num_landmark_neighbors fixed, or use actor=deepsets")
-    raise CheckpointError(f"the actor of {payload.get('_path')} cannot run with {where}: {why} "
-                          f"(weights that do not fit: {', '.join(wrong[:3])})")
-
-
 def print_eval_table(rows: list[dict[str, Any]]) -> None:
-    import math
-
-    from rich.console import Console
-    from rich.table import Table
-
+    """The rows of ``marl eval`` as a table; several seeds add an ``all`` row (their mean, its 95% interval)."""
     agents = [k for k in rows[0] if k.startswith("return/")]
     if len(agents) > 8:  # a swarm: eval.json keeps every agent, the table only the means
         agents = []
@@ -474,10 +294,8 @@ def print_eval_table(rows: list[dict[str, Any]]) -> None:
                       *[f"{r[k]:.3f}" for k in agents + roles + extra])
     if len(rows) > 1 and not side:
         means = [r["return_mean"] for r in rows]
-        m = sum(means) / len(means)
-        sd = math.sqrt(sum((x - m) ** 2 for x in means) / (len(means) - 1))
         table.add_row("all", "", f"{sum(r['episodes'] for r in rows):.0f}",
-                      f"{m:.3f} ± {1.96 * sd / math.sqrt(len(means)):.3f}",
+                      f"{stats.mean(means):.3f} ± {stats.ci95(means):.3f}",
                       *[f"{sum(r[k] for r in rows) / len(rows):.3f}" for k in agents + roles + extra])
     console = Console()
     if not console.is_terminal:  # piped or logged: do not squeeze the columns into 80 characters
@@ -495,8 +313,6 @@ def entry() -> None:
     try:
         code = main()
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:  # a rank of torchrun / Slurm
-            from marlcli.distributed.collectives import quick_exit
-
             quick_exit(code)  # no exit-time destructors: gloo's threads could std::terminate there
         sys.exit(code)
     except BrokenPipeError:  # `marl ... | head`

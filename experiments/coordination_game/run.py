@@ -28,7 +28,7 @@ from marlcli.algos import load_family
 from marlcli.buffers import Rollout
 from marlcli.envs import make_env
 from marlcli.envs.matrix import coordination_payoff
-from marlcli.trainer import seed_everything
+from marlcli.runtime import seed_everything
 
 EPISODES = 8000  # as the tabular reference: 8,000 one-step episodes per seed
 NUM_ENVS = 100  # episodes collected per update

@@ -8,8 +8,8 @@ import json
 
 import torch
 
-from marlcli.cli import evaluate_path
 from marlcli.config import compose
+from marlcli.evaluate import evaluate_path
 from marlcli.trainer import train
 
 torch.set_num_threads(1)

@@ -39,11 +39,12 @@ import numpy as np
 import torch
 
 from marlcli import results
-from marlcli.cli import evaluate_path
 from marlcli.cliutil import experiment_options
 from marlcli.config import compose
 from marlcli.envs import make_env
+from marlcli.evaluate import evaluate_path, load_actor
 from marlcli.nets.comm import CommEncoder
+from marlcli.stats import ci95
 from marlcli.trainer import train
 
 TASKS = {"reference": ["env=reference", "env.N=2"], "reference3": ["env=reference", "env.N=4"],
@@ -60,10 +61,6 @@ def variant(task: str, name: str) -> list[str]:
     goals = int(compose(TASKS[task]).env.goals)
     return [*VARIANTS[name], f"comm.bits={max(1, round(math.log2(goals)))}"]
 EVAL_SEED = 9000
-
-
-def ci95(xs: list[float]) -> float:
-    return 1.96 * float(np.std(xs, ddof=1)) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
 
 
 def run(out: Path, task: str, name: str, seed: int, steps: int) -> Path:
@@ -85,14 +82,10 @@ def evaluate(seed_dir: Path, episodes: int, overrides: list[str] | None = None) 
 def rollout_messages(path: Path, episodes: int, observe: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Play ``episodes`` evaluation episodes with the actor at ``path`` (a seed dir or one ``step_<n>.pt``);
     returns ``observe(obs, cfg)`` and the hard messages ``last_sent > 0`` of every step, stacked over steps."""
-    from marlcli.algos import load_family
-
     payload = results.load_checkpoint(path)
     cfg = results.checkpoint_config(payload)
     env = make_env(cfg.env, episodes, EVAL_SEED, torch.device("cpu"))
-    actor = load_family(cfg.algo).make_actor(env.spec, cfg)
-    results.restore(actor, payload["actor"], "actor", payload)
-    actor.eval()
+    actor = load_actor(payload, cfg, env.spec)
     enc = next(m for m in actor.modules() if isinstance(m, CommEncoder))
     ts, seen, sent = env.reset(), [], []
     with torch.no_grad():

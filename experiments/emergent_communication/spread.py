@@ -32,10 +32,11 @@ import torch
 
 from marlcli import results
 from marlcli.config import compose
+from marlcli.stats import ci95
 from marlcli.trainer import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import EVAL_SEED, checkpoints, ci95, evaluate, mi, options, plot_panels, rollout_messages, training_log  # noqa: E402
+from run import EVAL_SEED, checkpoints, evaluate, mi, options, plot_panels, rollout_messages, training_log  # noqa: E402
 
 TASKS = {"spread": ["env=spread"],
          "spread_limited": ["env=spread", "env.num_landmark_neighbors=1", "env.num_agent_neighbors=1"]}

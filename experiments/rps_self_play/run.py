@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from marlcli.cliutil import experiment_options
-from marlcli.report import t_interval
+from marlcli.stats import t_interval
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("latest", "pool")

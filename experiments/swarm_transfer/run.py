@@ -28,7 +28,6 @@ Runs already finished under results_dir are reused (delete the dir to start over
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,12 +37,11 @@ import numpy as np
 import torch
 
 from marlcli import results
-from marlcli.cli import evaluate_path
 from marlcli.cliutil import experiment_options
 from marlcli.config import compose
-from marlcli.envs import make_env
-from marlcli.evaluate import run_episodes
-from marlcli.trainer import EVAL_SEED_OFFSET, train
+from marlcli.evaluate import env_for_eval, evaluate_path, run_episodes
+from marlcli.stats import ci95
+from marlcli.trainer import train
 
 SWARM = ["env=spread", "env.num_agent_neighbors=3", "env.num_landmark_neighbors=3", "env.scale_arena=true",
          "env.observe_position=false", "env.global_reward=mean", "algo=mappo", "sharing=all",
@@ -115,7 +113,7 @@ def evaluate_all(o: dict[str, Any], runs: dict[int, list[Path]]) -> dict[str, An
     table: dict[str, Any] = {"random": {}, "trained": {}}
     for m in eval_ns:
         cfg = compose([*SWARM, f"env.N={m}"])
-        env = make_env(cfg.env, min(o["episodes"], 500), EVAL_SEED + EVAL_SEED_OFFSET, torch.device("cpu"))
+        env = env_for_eval(cfg, min(o["episodes"], 500), EVAL_SEED, torch.device("cpu"))  # marl eval's episodes
         res = run_episodes(RandomActor(EVAL_SEED), env, o["episodes"], deterministic=False).summary()
         table["random"][str(m)] = measures(res, m)
         print(f"random N={m}: {table['random'][str(m)]}", flush=True)
@@ -129,10 +127,6 @@ def evaluate_all(o: dict[str, Any], runs: dict[int, list[Path]]) -> dict[str, An
             print(f"evaluated N={n} seed={seed}: " + ", ".join(
                 f"{m}: {table['trained'][str(n)][seed][str(m)]['return']:.2f}" for m in eval_ns), flush=True)
     return table
-
-
-def ci95(x: list[float]) -> float:
-    return 1.96 * float(np.std(x, ddof=1)) / math.sqrt(len(x)) if len(x) > 1 else 0.0
 
 
 def summarize(o: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:

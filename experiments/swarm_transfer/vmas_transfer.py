@@ -29,9 +29,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from marlcli import config
-from marlcli.cli import evaluate_path
-from marlcli.envs import make_env
-from marlcli.evaluate import run_episodes
+from marlcli.evaluate import env_for_eval, evaluate_path, run_episodes
+from marlcli.stats import ci95
 from marlcli.trainer import train
 
 EVAL_SEED = 9000
@@ -65,9 +64,7 @@ def random_return(n: int, episodes: int) -> float:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base=None):
         cfg = compose("config", overrides=base(n))
-    from marlcli.trainer import EVAL_SEED_OFFSET
-
-    env = make_env(cfg.env, episodes, EVAL_SEED + EVAL_SEED_OFFSET, torch.device("cpu"))  # marl eval's env seed
+    env = env_for_eval(cfg, episodes, EVAL_SEED, torch.device("cpu"))  # marl eval's env seed
     return run_episodes(Random(env.spec), env, episodes).summary()["eval/return_mean"]
 
 
@@ -109,7 +106,7 @@ def main(argv: list[str]) -> None:
         zs, rt = sum(res["zero_shot"][m]) / len(seeds), sum(r) / len(r)
         score[m] = (zs - res["random"][m]) / (rt - res["random"][m])
         per = [(z - res["random"][m]) / (x - res["random"][m]) for z, x in zip(res["zero_shot"][m], r, strict=True)]
-        ci[m] = 1.96 * float(torch.tensor(per).std()) / len(per) ** 0.5 if len(per) > 1 else 0.0
+        ci[m] = ci95(per)
     res["transfer_score"], res["transfer_score_ci95_per_seed_pairs"] = score, ci
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")

@@ -42,8 +42,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from marlcli import results
 from marlcli.cliutil import experiment_options
-from marlcli.report import t_interval
+from marlcli.envs import make_env
+from marlcli.evaluate import load_actor, run_episodes
+from marlcli.selfplay.crossplay import SideBySide, evaluate_vs
+from marlcli.selfplay.league import fit_elo, load_member
+from marlcli.stats import t_interval
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("pool", "latest")
@@ -98,22 +103,15 @@ def spearman(x: list[float]) -> float:
 @torch.no_grad()
 def snapshot_curve(sdir: Path, episodes: int, seed: int) -> dict[str, list[float]]:
     """Each pool member playing itself: catches per episode and the predators' catch rate."""
-    from marlcli import results
-    from marlcli.algos import load_family
-    from marlcli.envs import make_env
-    from marlcli.evaluate import run_episodes
-    from marlcli.selfplay.league import load_member
-
     cfg = results.checkpoint_config(results.load_checkpoint(sdir))
     env = make_env(cfg.env, episodes, seed, torch.device("cpu"))
-    actor = load_family(cfg.algo).make_actor(env.spec, cfg)
     out: dict[str, list[float]] = {"step": [], "catches": [], "catch_rate": []}
     files = sorted((sdir / "pool").glob("member_*.pt"), key=lambda p: int(p.stem.rpartition("_")[2]))
     for f in files:
         m = load_member(f)
-        actor.load_state_dict(m["actor"])
+        actor = load_actor(m, cfg, env.spec)
         torch.manual_seed(seed)
-        s = run_episodes(actor.eval(), env, episodes, False).summary()
+        s = run_episodes(actor, env, episodes, False).summary()
         out["step"].append(int(m["step"]))
         out["catches"].append(s["eval/catches"])
         out["catch_rate"].append(s["eval/win_rate/adversary"])
@@ -128,8 +126,6 @@ def increasing(x: list[float]) -> bool:
 def elo_table(sdir: Path) -> dict[str, Any]:
     """A run's Elo tables: the fitted one (``elo_fit``, with each step's difference and its standard
     error) and the online one (``elo``), and whether each rises strictly in snapshot order."""
-    from marlcli.selfplay.league import fit_elo
-
     table = json.loads((sdir / "pool" / "league.json").read_text())
     members = table["members"]
     n = 1 + max([len(members) - 1, *(max(i, j) for i, j, _, _ in table["pairs"])])
@@ -151,8 +147,6 @@ def elo_table(sdir: Path) -> dict[str, Any]:
 
 def crossplay(runs: list[tuple[str, int, Path]], episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray, list]:
     """``win[i, j]``, ``catches[i, j]``: the predators of run i vs the prey of run j."""
-    from marlcli.selfplay.crossplay import evaluate_vs
-
     n = len(runs)
     win, catches, rows = np.zeros((n, n)), np.zeros((n, n)), []
     for i, (_, _, a) in enumerate(runs):
@@ -171,8 +165,6 @@ def iql_crossplay(iql: list[tuple[int, Path]], runs: list[tuple[str, int, Path]]
                   seed: int) -> dict[str, Any]:
     """IQL's final predators vs every run's prey (IQL's and MAPPO's), and every MAPPO run's predators vs
     IQL's prey: the predators' win rate per pair (``evaluate_vs`` rows ``side=adversary`` / ``agent``)."""
-    from marlcli.selfplay.crossplay import evaluate_vs
-
     rows = []
     others = [(f"iql/{s}", d) for s, d in iql] + [(f"{v}/{s}", d) for v, s, d in runs]
     for s, a in iql:
@@ -219,20 +211,14 @@ def coordination(sdir: Path, episodes: int, seed: int) -> dict[str, Any]:
     two standing still), and the team's gain over the union of the three solo hunts, episode by
     episode (``team - mean(max_i alone_i)``: above 0, together they catch prey none of them
     catches alone; below 0, they get in each other's way or chase the same line)."""
-    from marlcli import results
-    from marlcli.algos import load_family
-    from marlcli.envs import make_env
-    from marlcli.evaluate import run_episodes
-
     payload = results.load_checkpoint(sdir)
     cfg = results.checkpoint_config(payload)
 
     def caught(still: list[int]) -> torch.Tensor:
         env = make_env(cfg.env, episodes, seed, torch.device("cpu"))  # one episode per copy: same layouts
-        actor = load_family(cfg.algo).make_actor(env.spec, cfg)
-        results.restore(actor, payload["actor"], "actor", payload)
+        actor = load_actor(payload, cfg, env.spec)
         torch.manual_seed(seed)
-        out = run_episodes(StillExcept(actor.eval(), still), env, episodes, False).stats["catches"] >= 1
+        out = run_episodes(StillExcept(actor, still), env, episodes, False).stats["catches"] >= 1
         env.close()
         return out.double()
 
@@ -251,21 +237,10 @@ def first_snapshot_roles(sdir: Path, episodes: int, seed: int) -> dict[str, floa
     """Why the first snapshot is barely stronger than the untrained actor: the four pairings of the
     untrained (0) and the first snapshot's (1) predators and prey, each pairing's catch rate and
     the prey's mean return (``predK_preyL``)."""
-    from marlcli import results
-    from marlcli.algos import load_family
-    from marlcli.envs import make_env
-    from marlcli.evaluate import run_episodes
-    from marlcli.selfplay.crossplay import SideBySide
-    from marlcli.selfplay.league import load_member
-
     cfg = results.checkpoint_config(results.load_checkpoint(sdir))
     env = make_env(cfg.env, episodes, seed, torch.device("cpu"))
     predators = [a.startswith("adversary") for a in env.spec.agents]
-    actors = []
-    for i in (0, 1):
-        actor = load_family(cfg.algo).make_actor(env.spec, cfg)
-        actor.load_state_dict(load_member(sdir / "pool" / f"member_{i}.pt")["actor"])
-        actors.append(actor.eval())
+    actors = [load_actor(load_member(sdir / "pool" / f"member_{i}.pt"), cfg, env.spec) for i in (0, 1)]
     env.close()
     out: dict[str, float] = {}
     for p in (0, 1):

@@ -25,9 +25,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from marlcli import config
-from marlcli.envs import make_env
-from marlcli.evaluate import run_episodes
-from marlcli.trainer import EVAL_SEED_OFFSET, train
+from marlcli.evaluate import env_for_eval, run_episodes
+from marlcli.trainer import train
 
 EVAL = ["train.eval_episodes=200", "train.eval_envs=200", "train.eval_interval=1000000000",
         "train.checkpoint_interval=1000000000", "train.log_interval=1000000000", "logger.progress=false", "device=cpu"]
@@ -73,8 +72,7 @@ def make_cfg(*overrides: str) -> DictConfig:
 def baseline_return(cfg: DictConfig, kind: str) -> float:
     """``eval/return_mean`` of a baseline on the trainer's evaluation episodes of ``cfg``."""
     t = cfg.train
-    env = make_env(cfg.env, min(int(t.eval_episodes), int(t.eval_envs)), int(cfg.seed) + EVAL_SEED_OFFSET,
-                   torch.device("cpu"))
+    env = env_for_eval(cfg, min(int(t.eval_episodes), int(t.eval_envs)), int(cfg.seed), torch.device("cpu"))
     return run_episodes(Baseline(env, kind, int(cfg.seed)), env, int(t.eval_episodes)).summary()["eval/return_mean"]
 
 

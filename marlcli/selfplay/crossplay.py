@@ -29,11 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from marlcli import results
-from marlcli.algos import load_family
 from marlcli.envs.base import role_of
 from marlcli.envs.outcome import role_scores
 from marlcli.errors import CheckpointError, ConfigError
-from marlcli.evaluate import run_episodes
+from marlcli.evaluate import env_for_eval, load_actor, run_episodes
+from marlcli.runtime import resolve_device
+from marlcli.selfplay import session as selfplay
 
 
 class SideBySide(nn.Module):
@@ -74,18 +75,9 @@ class SideBySide(nn.Module):
         return torch.where(m, xa, xb), (torch.cat(new, 1) if new else None)
 
 
-def _actor(payload: dict[str, Any], spec: Any, cfg: Any, dev: torch.device) -> nn.Module:
-    actor = load_family(cfg.algo).make_actor(spec, cfg).to(dev)
-    results.restore(actor, payload["actor"], "actor", payload)
-    return actor.eval()
-
-
 def evaluate_vs(path: Path, other: Path, episodes: int = 1000, seed: int = 0, deterministic: bool = True,
                 device: str = "cpu", envs: int = 1000) -> list[dict[str, Any]]:
     """Cross-play every checkpoint at ``path`` against ``other``'s (newest) checkpoint."""
-    from marlcli.selfplay import session as selfplay
-    from marlcli.trainer import env_for_eval, resolve_device
-
     dev = resolve_device(device)
     theirs = results.load_checkpoint(other)
     their_cfg = results.checkpoint_config(theirs)
@@ -110,7 +102,7 @@ def evaluate_vs(path: Path, other: Path, episodes: int = 1000, seed: int = 0, de
             if mirrored:
                 wrapped = selfplay.opponents_for_eval(cfg, env, payload, dev, vs=theirs, seed=seed,
                                                               deterministic=deterministic)
-                mine = _actor(payload, wrapped.spec, cfg, dev)
+                mine = load_actor(payload, cfg, wrapped.spec, dev)
                 res = run_episodes(mine, wrapped, episodes, deterministic)
                 rows.append({**base, "side": ",".join(wrapped.spec.agents), **_strip(res.summary())})
                 continue
@@ -121,7 +113,7 @@ def evaluate_vs(path: Path, other: Path, episodes: int = 1000, seed: int = 0, de
                 raise ConfigError(f"vs={other}: cross-play on env={spec.name} puts single agents of one team side by "
                                   f"side, and with comm={talking[0].comm.type} each would hear messages its own actor "
                                   "makes up for the other run's agents; cross-play runs without a channel")
-            a, b = _actor(payload, spec, cfg, dev), _actor(theirs, spec, their_cfg, dev)
+            a, b = load_actor(payload, cfg, spec, dev), load_actor(theirs, their_cfg, spec, dev)
             for side in sides:
                 mask = [(role_of(x) if len(spec.roles) > 1 else x) == side for x in spec.agents]
                 res = run_episodes(SideBySide(a, b, mask), env, episodes, deterministic)
@@ -136,8 +128,6 @@ def evaluate_vs(path: Path, other: Path, episodes: int = 1000, seed: int = 0, de
 
 def _mirrored(cfg: Any, spec: Any) -> bool:
     """A mirrored self-play run: its actor covers the learning agents only."""
-    from marlcli.selfplay import session as selfplay
-
     return str(cfg.selfplay.mode) != "none" and selfplay.learning_roles(cfg, spec) is None
 
 

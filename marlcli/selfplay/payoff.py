@@ -22,7 +22,8 @@ import torch
 from marlcli import results
 from marlcli.algos import load_family
 from marlcli.envs import make_env
-from marlcli.evaluate import run_episodes
+from marlcli.evaluate import load_actor, run_episodes
+from marlcli.selfplay import session as selfplay
 from marlcli.selfplay.league import fit_elo, load_member
 from marlcli.selfplay.mirrored import OpponentBank, SelfPlayVecEnv, sub_spec
 from marlcli.selfplay.roles import SCORE_STAT, RoleSelfPlayVecEnv
@@ -43,8 +44,6 @@ def snapshots(pool: Path, k: int = MAX_SNAPSHOTS) -> list[dict[str, Any]]:
 @torch.no_grad()
 def payoff_matrix(sdir: Path, episodes: int = EPISODES) -> tuple[list[dict[str, Any]], np.ndarray]:
     """``(members, M)``: ``M[i, j]`` = mean return of member i (learning side) against member j."""
-    from marlcli.selfplay import session as selfplay
-
     payload = results.load_checkpoint(sdir)
     cfg = results.checkpoint_config(payload)
     members = snapshots(sdir / "pool")
@@ -58,13 +57,12 @@ def payoff_matrix(sdir: Path, episodes: int = EPISODES) -> tuple[list[dict[str, 
         for j, col in enumerate(members):
             bank = OpponentBank(lambda: family.make_actor(spec, cfg), lambda _m, c=col: c["actor"], torch.device("cpu"))
             for i, row in enumerate(members):
-                actor = family.make_actor(spec, cfg)
-                actor.load_state_dict(row["actor"])
+                actor = load_actor(row, cfg, spec)
                 draw = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
                 wrapped = (SelfPlayVecEnv(env, learn, bank, draw) if roles is None
                            else RoleSelfPlayVecEnv(env, roles, bank, draw))
                 torch.manual_seed(EVAL_SEED)  # the same sampled actions for every cell
-                res = run_episodes(actor.eval(), wrapped, episodes, False)
+                res = run_episodes(actor, wrapped, episodes, False)
                 out[i, j] = float(res.returns.mean() if roles is None else res.stats[SCORE_STAT].mean())
     finally:
         env.close()
@@ -72,8 +70,6 @@ def payoff_matrix(sdir: Path, episodes: int = EPISODES) -> tuple[list[dict[str, 
 
 
 def _asymmetric(sdir: Path) -> bool:
-    from marlcli.selfplay import session as selfplay
-
     cfg = results.checkpoint_config(results.load_checkpoint(sdir))
     env = make_env(cfg.env, 1, 0, torch.device("cpu"))
     try:
@@ -84,7 +80,7 @@ def _asymmetric(sdir: Path) -> bool:
 
 def write_payoff(sdir: Path, out_dir: Path) -> list[str]:
     """Table and heat map for one seed dir; returns the file names written."""
-    import matplotlib
+    import matplotlib  # deferred: heavy, and only a figure needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

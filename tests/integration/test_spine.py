@@ -17,12 +17,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from pettingzoo import ParallelEnv
 
-from marlcli import config, results
+from marlcli import config, results, selfplay
 from marlcli.algos import load_family
 from marlcli.cli import main
 from marlcli.config import CONF_DIR
 from marlcli.envs import make_env
 from marlcli.envs.pettingzoo import PettingZooVecEnv
+from marlcli.errors import ConfigError
+from marlcli.evaluate import env_for_eval, evaluate_path, load_actor
 from marlcli.returns import gae
 from marlcli.trainer import train
 
@@ -186,6 +188,26 @@ def test_actor_is_decentralized(compose_cfg, sharing: str) -> None:
         assert torch.allclose(actor.dist(other, ts.avail).logits[:, i], logits[:, i])
 
 
+def test_evaluate_path_is_marl_eval_and_needs_the_pool_of_a_self_play_run(compose_cfg) -> None:
+    """``marlcli.evaluate`` is where ``marl eval`` lives: ``evaluate_path`` given the self-play opponents (as the CLI
+    passes them) writes the row ``marl eval`` writes; without them a self-play run is refused, never evaluated
+    against something else. ``load_actor`` restores the checkpoint's actor, in eval mode."""
+    out = train(compose_cfg("env=rps", "env.backend=native", "algo=ippo", "env.num_envs=4", "algo.rollout_steps=10",
+                            "selfplay=latest", "selfplay.snapshot_interval=40", "train.total_steps=80"))
+    with pytest.raises(ConfigError, match="self-play run"):
+        evaluate_path(out, episodes=4, envs=4, write=False)
+    row = evaluate_path(out, episodes=4, envs=4, write=False, opponents=selfplay.opponents_for_eval)[0]
+    assert main(["eval", str(out), "episodes=4", "envs=4"]) == 0
+    assert json.loads((out / "eval.json").read_text()) == json.loads(json.dumps(row))
+    payload = results.load_checkpoint(out)
+    cfg = results.checkpoint_config(payload)
+    env = selfplay.opponents_for_eval(cfg, env_for_eval(cfg, 2, 0, torch.device("cpu")), payload, torch.device("cpu"))
+    actor = load_actor(payload, cfg, env.spec)
+    env.close()
+    assert not actor.training
+    assert all(torch.equal(v, payload["actor"][k]) for k, v in actor.state_dict().items())
+
+
 def test_eval_cli_on_fresh_checkpoint(compose_cfg, capsys) -> None:
     out = train(compose_cfg("train.total_steps=200", "env=tag", "sharing=role", "critic=independent"))
     assert main(["eval", str(out), "episodes=6", "seed=3"]) == 0
@@ -238,7 +260,6 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_incompatible_pair_is_rejected(compose_cfg) -> None:
     from marlcli.algos import check_compatible
     from marlcli.algos.base import Capabilities
-    from marlcli.errors import ConfigError
 
     class DiscreteOnly:
         CAPS = Capabilities(continuous=False)

@@ -1,4 +1,4 @@
-"""``marl report``: statistics with known answers on synthetic results trees, outputs, marl-eval JSON."""
+"""``marl report`` on synthetic results trees: its figures, outputs and marl-eval JSON (the statistics: test_stats.py)."""
 
 from __future__ import annotations
 
@@ -6,45 +6,10 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from marlcli import report
 from marlcli.cli import main
-
-
-# ----------------------------------------------------------------------------- pure statistics
-def test_iqm_known_values() -> None:
-    assert report.iqm([1, 2, 3, 4]) == pytest.approx(2.5)  # drops 1 and 4
-    assert report.iqm([10, 1, 2, 3, 100]) == pytest.approx(5.0)  # int(1.25) = 1 dropped each end: mean(2, 3, 10)
-    assert report.iqm([0, 0, 1, 1, 1, 1, 100, -100]) == pytest.approx(0.75)  # middle four: 0, 1, 1, 1
-    assert report.iqm([7.0]) == 7.0
-
-
-def test_iqm_matches_scipy_trim_mean() -> None:
-    from scipy.stats import trim_mean
-
-    x = np.random.default_rng(3).normal(size=13)
-    assert report.iqm(x) == pytest.approx(trim_mean(x, 0.25))
-
-
-def test_bootstrap_ci_known_answers() -> None:
-    assert report.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
-    assert report.bootstrap_ci([5.0]) == (5.0, 5.0)
-    # two values {0, 1}: resampled means are 0, 0.5, 1 with prob 1/4, 1/2, 1/4 -> the 95% interval is [0, 1]
-    assert report.bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
-    # large sample: the bootstrap CI of the mean approaches mean +- 1.96 sd / sqrt(n)
-    x = np.random.default_rng(0).normal(10.0, 2.0, size=400)
-    lo, hi = report.bootstrap_ci(x)
-    half = 1.96 * x.std(ddof=1) / np.sqrt(x.size)
-    assert lo == pytest.approx(x.mean() - half, abs=0.03)
-    assert hi == pytest.approx(x.mean() + half, abs=0.03)
-
-
-def test_bootstrap_ci_is_deterministic() -> None:
-    x = [1.0, 4.0, 2.0, 8.0]
-    assert report.bootstrap_ci(x) == report.bootstrap_ci(x)
-
 
 # ----------------------------------------------------------------------------- synthetic trees
 FINALS = {"mappo": [1.0, 2.0, 3.0, 10.0], "ippo": [-1.0, -1.0, -1.0]}

@@ -27,64 +27,27 @@ import csv
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
 
+from marlcli.cliutil import fail, os_error, parse_kv, suggest
 from marlcli.errors import MarlError
+from marlcli.report.plots import curve, plot_curves
+from marlcli.results import DONE_FILE, describe, read_metrics
+from marlcli.selfplay.payoff import write_all
+from marlcli.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci, iqm, mean
 
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0  # fixed: the same results give the same CI every time
+__all__ = ["ReportError", "SeedResult", "curve", "find_seed_dirs", "group", "load_seed", "marl_eval_data",
+           "plot_curves", "print_table", "report_main", "summary_rows", "write_csv", "write_markdown"]
 SKIP_DIRS = {".sweeps"}
 NOT_STATS = {"return_mean", "return_std", "return_ci95", "episodes"}  # eval/<key>s that are not env statistics
-
-
-# ----------------------------------------------------------------------------- statistics (pure)
-def mean(values: Sequence[float]) -> float:
-    return float(np.mean(np.asarray(values, dtype=float))) if len(values) else math.nan
-
-
-def iqm(values: Sequence[float]) -> float:
-    """Interquartile mean: the mean of the middle 50% (``int(0.25 n)`` dropped at each end).
-
-    Same as ``scipy.stats.trim_mean(values, 0.25)``, rliable's IQM for one task.
-    """
-    x = np.sort(np.asarray(values, dtype=float))
-    if x.size == 0:
-        return math.nan
-    cut = int(0.25 * x.size)
-    return float(x[cut:x.size - cut].mean())
-
-
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # Student t, 95%
-
-
-def t_interval(values: Sequence[float]) -> list[float]:
-    """``[low, high]``: the 95% Student-t interval of the mean (the experiments' few-seed tables)."""
-    x = np.asarray(values, float)
-    if x.size < 2:
-        return [float(x.mean())] * 2
-    half = T_975.get(x.size - 1, 1.96) * x.std(ddof=1) / math.sqrt(x.size)
-    return [float(x.mean() - half), float(x.mean() + half)]
-
-
-def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean: resample seeds with replacement ``resamples`` times.
-
-    One value gives a zero-width interval at that value (there is no spread to estimate).
-    """
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-    alpha = (1.0 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -128,16 +91,10 @@ def reading(path: Path) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - YAML, JSON, key and type errors from a damaged or foreign file
-        from marlcli.results import describe
-
         raise ReportError(f"cannot read {path}: {describe(exc)}; repair or remove it") from None
 
 
 def load_seed(sdir: Path) -> SeedResult:
-    from omegaconf import OmegaConf
-
-    from marlcli.results import DONE_FILE, read_metrics
-
     parts = sdir.resolve().parts  # .../<env>/<algo>/<run>/[<variant>/]seed_<k> when there is no config.yaml
     nested = "=" in parts[-2]
     env, algo, run = parts[-5 if nested else -4], parts[-4 if nested else -3], parts[-3 if nested else -2]
@@ -224,19 +181,6 @@ def summary_rows(groups: dict[Key, list[SeedResult]]) -> list[dict[str, Any]]:
     return rows
 
 
-def curve(seeds: list[SeedResult], role: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean eval return (of one role, if given) and 95% bootstrap band at every eval step: (steps, mean, lo, hi)."""
-    by_step: dict[int, list[float]] = defaultdict(list)
-    for s in seeds:
-        values = s.eval_returns if role is None else s.role_returns.get(role, [])
-        for st, r in zip(s.eval_steps, values, strict=False):
-            by_step[st].append(r)
-    steps = np.array(sorted(by_step))
-    stats = [(mean(by_step[st]), *bootstrap_ci(by_step[st], resamples=2_000)) for st in steps]
-    m, lo, hi = (np.array(c) for c in zip(*stats, strict=True)) if stats else (np.array([]),) * 3
-    return steps, m, lo, hi
-
-
 # ----------------------------------------------------------------------------- outputs
 def _fmt_time(s: float) -> str:
     h, rem = divmod(int(round(s)), 3600)
@@ -271,9 +215,6 @@ def unfinished(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     cols, body = _display(rows)
     table = Table(title="marl report: final evaluation return over finished seeds", title_justify="left")
     for c in cols:
@@ -326,43 +267,6 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w.writerows(flat)
 
 
-def plot_curves(groups: dict[Key, list[SeedResult]], path: Path) -> None:
-    """One panel per env; per configuration (and role) the mean eval return and its 95% bootstrap band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    envs = sorted({k[0] for k in groups})
-    runs_per_pair = defaultdict(set)
-    for env, algo, run, _variant in groups:
-        runs_per_pair[(env, algo)].add(run)
-    fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 4.5), squeeze=False)
-    for ax, env in zip(axes[0], envs, strict=True):
-        for (e, algo, run, variant), seeds in groups.items():
-            done = [s for s in seeds if s.done]
-            if e != env or not done:
-                continue
-            label = algo + (f" ({run})" if len(runs_per_pair[(env, algo)]) > 1 else "") + (f" {variant}" if variant
-                                                                                          else "")
-            roles = list(dict.fromkeys(r for s in done for r in s.role_returns))
-            for role in roles or [None]:
-                steps, m, lo, hi = curve(done, role)
-                if steps.size == 0:
-                    continue
-                line, = ax.plot(steps, m, label=f"{label}{f' [{role}]' if role else ''}, {len(done)} seeds")
-                ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
-        ax.set_title(env)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("eval return (mean, 95% CI)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def marl_eval_data(seeds: list[SeedResult]) -> dict[str, Any]:
     """The marl-eval raw-data layout (github.com/instadeepai/marl-eval, README "Data Structure")::
 
@@ -388,8 +292,6 @@ def marl_eval_data(seeds: list[SeedResult]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- CLI
 def report_main(args: list[str]) -> int:
     """``marl report PATH... [out=DIR] [--format marl-eval]``: any bad input or unwritable out=DIR is one line, exit 2."""
-    from marlcli.cliutil import fail, parse_kv, suggest
-
     fmt = None
     rest: list[str] = []
     it = iter(args)
@@ -419,8 +321,6 @@ def report_main(args: list[str]) -> int:
 
 
 def _report(paths: list[str], opts: dict[str, Any], fmt: str | None) -> int:
-    from marlcli.cliutil import fail, os_error
-
     if not paths:
         return fail("report", "give at least one PATH (a run dir, or a dir holding many)")
     seed_dirs: list[Path] = []
@@ -438,15 +338,13 @@ def _report(paths: list[str], opts: dict[str, Any], fmt: str | None) -> int:
     if out.exists() and not out.is_dir():
         return fail("report", f"out={out} is a file, not a directory; choose out=DIR")
     print_table(rows)
-    from marlcli.selfplay.payoff import write_all  # self-play runs: the payoff matrix of their snapshots
-
     try:  # out=DIR read-only, full, or a file in its way: one line naming it
         out.mkdir(parents=True, exist_ok=True)
         write_markdown(rows, out / "report.md")
         write_csv(rows, out / "report.csv")
         plot_curves(groups, out / "curves.png")
         written = ["report.md", "report.csv", "curves.png"]
-        written += write_all(list(dict.fromkeys(seed_dirs)), out)
+        written += write_all(list(dict.fromkeys(seed_dirs)), out)  # self-play runs: their snapshots' payoff matrix
         if fmt == "marl-eval":
             (out / "marl_eval.json").write_text(json.dumps(marl_eval_data(seeds), indent=1) + "\n")
             written.append("marl_eval.json")

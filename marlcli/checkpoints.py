@@ -1,4 +1,4 @@
-"""The typed checkpoint: what a run saves, how it is written and read, and which configs are trusted.
+"""The typed checkpoint: what a run saves, and how it is written, found and read.
 
 A :class:`Checkpoint` is built here (:meth:`Checkpoint.capture`, :func:`load_checkpoint`) and read
 here (:meth:`Checkpoint.restore`); the trainer and the distributed collectives never touch its
@@ -37,7 +37,6 @@ EVAL_KEYS = {"step": int, "config": str, "actor": dict}
 RESUME_KEYS = {**EVAL_KEYS, "learner": dict, "env": dict, "counters": dict, "track": dict, "rng": dict}
 CORE_KEYS = ("format", "step", "config", "algo", "actor", "learner", "env", "counters", "track", "rng", "hidden",
              "world", "ranks")
-PER_RANK_KEYS = ("env", "hidden", "track", "rng")  # each rank's own (a K-process run saves K of them)
 RANK_LOCAL_LEARNER_KEYS = ("replay", "credit")  # learner state that differs per rank (checkpointed per rank)
 
 
@@ -161,7 +160,7 @@ class Checkpoint(Mapping[str, Any]):
         """
         if not distributed.active():
             return self
-        mine: dict[str, Any] = {"env": self.env, "hidden": self.hidden, "track": self.track, "rng": self.rng}
+        mine: dict[str, Any] = {"env": self.env, "hidden": self.hidden, "track": self.track, "rng": self.rng}  # own
         mine["learner"] = {k: v for k, v in (self.learner or {}).items() if k in RANK_LOCAL_LEARNER_KEYS}
         states = distributed.gather_to_main(mine)
         if states is None:

@@ -26,8 +26,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from marlcli.envs.native.mpe import DAMPING, DIRECTIONS, DT, SENSITIVITY
-from marlcli.evaluate import run_episodes
-from marlcli.trainer import env_for_eval
+from marlcli.evaluate import env_for_eval, run_episodes
 
 SPREAD = {"name": "spread", "backend": "native", "N": 3, "local_ratio": 0.5, "max_cycles": 25,
           "continuous_actions": False}

@@ -13,13 +13,13 @@ tuning.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from marlcli.bench.runs import first_time, read_evals, run_many, seed_dirs
-from marlcli.cli import evaluate_path
 from marlcli.errors import MarlError
+from marlcli.evaluate import evaluate_path
+from marlcli.stats import ci95
 
 THRESHOLDS = (-12.0, -10.0, -8.5)
 # The targets of issue 7, per algorithm: (return, within seconds; None = by the end of the default budget).
@@ -46,12 +46,8 @@ def targets_met(algo: str, per_seed: list[list[dict[str, Any]]]) -> dict[str, in
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:
-    """Mean and normal-approximation 95% half-width (1.96 sample sd / sqrt(n); 0 for one value)."""
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, 0.0
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return m, 1.96 * sd / math.sqrt(len(xs))
+    """Mean and 95% half-width over seeds: ``stats.ci95``, the normal approximation every marlcli table uses."""
+    return sum(xs) / len(xs), ci95(xs)
 
 
 def common_eval(out: Path, algo: str, seeds: list[int], eval_seed: int = EVAL_SEED) -> list[float | None]:

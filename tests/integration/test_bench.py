@@ -152,8 +152,7 @@ def test_oracle_assigns_by_total_distance_and_moves_toward_its_landmark() -> Non
 def test_oracle_return_far_above_standing_still() -> None:
     from omegaconf import OmegaConf
 
-    from marlcli.evaluate import run_episodes
-    from marlcli.trainer import env_for_eval
+    from marlcli.evaluate import env_for_eval, run_episodes
 
     class Still:
         def initial_hidden(self, batch: int) -> None:

@@ -268,3 +268,12 @@ def learned_and_still(cfg: DictConfig) -> tuple[float, float]:
     print(f"\nlearning: {cfg.env.name} {cfg.algo.name} seed={cfg.seed} final={final:.2f} stand-still={still:.2f} "
           f"margin={final - still:.2f}")
     return final, still
+
+
+def actor_outputs(actor: torch.nn.Module, obs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+    """Each agent's differentiable decision ``[B, N, A]``: logits, Q-values or pre-activations (any family)."""
+    if hasattr(actor, "dist"):
+        return actor.dist(obs, avail).logits
+    if hasattr(actor, "q"):
+        return actor.q(obs, actor.initial_hidden(obs.shape[0]))[0]
+    return actor.raw(obs)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import actor_outputs as outputs
 
 from marlcli.algos import load_family
 from marlcli.cli import main
@@ -19,15 +20,6 @@ FAMILIES = ["mappo", "ippo", "coma", "iql", "vdn", "qmix", "maddpg"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is faster on a loaded machine
-
-
-def outputs(actor: torch.nn.Module, obs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
-    """Each agent's differentiable decision ``[B, N, A]``: logits, utilities or pre-activations."""
-    if hasattr(actor, "dist"):
-        return actor.dist(obs, avail).logits
-    if hasattr(actor, "q"):
-        return actor.q(obs, actor.initial_hidden(obs.shape[0]))[0]
-    return actor.raw(obs)
 
 
 def build(compose_cfg, *overrides: str):

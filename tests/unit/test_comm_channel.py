@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import actor_outputs as outputs
 from conftest import make_cfg
 from omegaconf import DictConfig
 
@@ -33,15 +34,6 @@ from marlcli.selfplay.crossplay import SideBySide, evaluate_vs
 from marlcli.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread is faster on a loaded machine
-
-
-def outputs(actor: torch.nn.Module, obs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
-    """Each agent's differentiable decision ``[B, N, A]``: logits, Q-values or pre-activations."""
-    if hasattr(actor, "dist"):
-        return actor.dist(obs, avail).logits
-    if hasattr(actor, "q"):
-        return actor.q(obs, actor.initial_hidden(obs.shape[0]))[0]
-    return actor.raw(obs)
 
 
 def expected_graph(obs: torch.Tensor, agents: list[str], position: list[int], neighbors: str, k: int,

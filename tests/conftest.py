@@ -277,3 +277,14 @@ def actor_outputs(actor: torch.nn.Module, obs: torch.Tensor, avail: torch.Tensor
     if hasattr(actor, "q"):
         return actor.q(obs, actor.initial_hidden(obs.shape[0]))[0]
     return actor.raw(obs)
+
+
+def collect_rollout(algo, env, steps: int = 25) -> Rollout:
+    """``steps`` steps of ``algo`` acting in ``env`` (no hidden state) from a reset, as one ``Rollout``."""
+    ts, out = env.reset(), []
+    for _ in range(steps):
+        actions, _ = algo.act(ts, None, 0)
+        nts = env.step(actions)
+        out.append((ts, actions, nts))
+        ts = nts
+    return Rollout.from_steps(out)

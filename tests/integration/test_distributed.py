@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import make_cfg, strip_time
+from conftest import collect_rollout, make_cfg, strip_time
 
 from marlcli import results
 from marlcli.distributed import collectives as distributed
@@ -97,13 +97,7 @@ def _reference(path: Path) -> dict:
     cfg = make_cfg(*PPO_GRAD)
     env = make_env(cfg.env, 8, 0, torch.device("cpu"))
     learner = ppo.make(env.spec, cfg, torch.device("cpu"))
-    ts, steps = env.reset(), []
-    for _ in range(25):
-        actions, _ = learner.act(ts, None, 0)
-        nts = env.step(actions)
-        steps.append((ts, actions, nts))
-        ts = nts
-    rollout = Rollout.from_steps(steps)
+    rollout = collect_rollout(learner, env)
     q = qlearning.make(env.spec, make_cfg(*Q_GRAD), torch.device("cpu"))
     q.replay.add(Rollout(**{**asdict(rollout), "actions": rollout.actions}))  # 8 whole episodes
     batch = {k: v[:8] for k, v in q.replay.data.items()}

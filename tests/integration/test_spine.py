@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg, strip_time
+from conftest import collect_rollout, make_cfg, strip_time
 from gymnasium import spaces
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -278,7 +278,6 @@ def test_continuous_mappo_update_follows_the_advantage(compose_cfg, monkeypatch)
     fails), every agent's network takes part, and the value loss falls on that rollout.
     """
     from marlcli.algos import ppo
-    from marlcli.buffers import Rollout
 
     cfg = compose_cfg("env.continuous_actions=true", "sharing=none", "env.num_envs=8", "algo.epochs=4")
     env = make_env(cfg.env, 8, 0, torch.device("cpu"))
@@ -287,13 +286,7 @@ def test_continuous_mappo_update_follows_the_advantage(compose_cfg, monkeypatch)
     seen: list[torch.Tensor] = []
     real_gae = ppo.gae
     monkeypatch.setattr(ppo, "gae", lambda *a: seen.append(real_gae(*a)) or seen[-1])
-    ts, steps = env.reset(), []
-    for _ in range(25):
-        actions, _ = algo.act(ts, None, 0)
-        nts = env.step(actions)
-        steps.append((ts, actions, nts))
-        ts = nts
-    r = Rollout.from_steps(steps)
+    r = collect_rollout(algo, env)
     with torch.no_grad():
         before, _ = algo.actor.log_prob_entropy(r.obs, r.avail, r.actions)
     first = algo.update(r, r.num_steps)
